@@ -1,0 +1,1 @@
+"""mono2stereo_core.inference"""
