@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""CPU latency and peak memory of every available backend and model size, beside OpenCV SGBM.
+
+    python bench/bench_latency.py [--width 640 --height 480] [--models m2s_tiny m2s_rt m2s_large]
+        [--backends torch onnxruntime] [--min-iterations 5 --max-seconds 30] [--markdown out.md]
+
+Every configuration runs in its own subprocess so peak memory (Linux ``VmHWM``) belongs to that backend
+alone; the images are the Middlebury motorcycle pair resized to the benchmark size, and SGBM
+(stereo_image_proc's algorithm, ``mono2stereo_core.evaluation.sgbm_disparity``) searches the same disparity
+range as the networks. Latency is the whole ``runner(left, right)`` call: validation, resize/pad,
+inference and mapping back, i.e. what the ROS node pays per frame. Weights: ``weights/<model>.safetensors``
+when present, else random initialisation (identical latency: same graph, same shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GOAL_RATIO = 5.0  # m2s_rt through ONNX Runtime must stay within this factor of SGBM's latency
+STRETCH_RATIO = 2.0
+
+
+def proc_status_kib(field: str) -> float:
+    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in KiB; NaN where /proc is unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Resets VmHWM to the current RSS (Linux >= 4.0), so the peak measured next is this phase's alone."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def benchmark_images(*, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+    import skimage.data
+
+    left, right, _ = skimage.data.stereo_motorcycle()
+    size = (width, height)
+    return (cv2.resize(left, size, interpolation=cv2.INTER_AREA), cv2.resize(right, size, interpolation=cv2.INTER_AREA))
+
+
+def time_call(fn, *, min_iterations: int, max_seconds: float, warmup: int = 2) -> dict[str, float]:
+    """Median / p90 wall time (ms) of ``fn()`` after ``warmup`` calls; runs until both limits are met."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_iterations or (time.perf_counter() - start < max_seconds and len(times) < 200):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= min_iterations and time.perf_counter() - start > max_seconds:
+            break
+    ms = np.asarray(times) * 1000.0
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "iterations": len(times)}
+
+
+def model_file(model: str, backend: str, *, width: int, height: int, workdir: Path) -> tuple[Path, str]:
+    """The shipped checkpoint (or a random one) for ``model``, exported to ONNX when the backend needs it."""
+    import torch
+
+    from mono2stereo_core.inference.export import export_onnx
+    from mono2stereo_core.models import build_model, load_model, save_checkpoint
+
+    shipped = REPO / "weights" / f"{model}.safetensors"
+    if shipped.is_file():
+        checkpoint, weights = shipped, "shipped"
+    else:
+        torch.manual_seed(0)
+        checkpoint = save_checkpoint(workdir / f"{model}.safetensors", build_model(model))
+        weights = "random"
+    if backend == "torch":
+        return checkpoint, weights
+    net, sidecar = load_model(checkpoint, device="cpu")
+    onnx_path = workdir / f"{model}_{width}x{height}.onnx"
+    if not onnx_path.is_file():
+        export_onnx(net, onnx_path, height=height, width=width, sidecar=sidecar)
+    return onnx_path, weights
+
+
+def run_one(config: dict) -> dict:
+    """Child process: one backend x model (or SGBM); returns latency and memory."""
+    width, height = config["width"], config["height"]
+    left, right = benchmark_images(width=width, height=height)
+    if config["backend"] == "sgbm":
+        from mono2stereo_core.evaluation import sgbm_disparity
+
+        base_rss = proc_status_kib("VmRSS")
+
+        def fn():
+            return sgbm_disparity(left, right, num_disparities=config["num_disparities"])
+
+        weights, description = "-", f"OpenCV {__import__('cv2').__version__} SGBM 3-way, {config['num_disparities']} disp"
+    else:
+        from mono2stereo_core.inference import load_runner
+
+        workdir = Path(config["workdir"])
+        path, weights = model_file(config["model"], config["backend"], width=width, height=height, workdir=workdir)
+        base_rss = proc_status_kib("VmRSS")
+        runner = load_runner(path, backend=config["backend"], input_size=(width, height))
+
+        def fn():
+            return runner(left, right)
+
+        description = runner.description.split(" /")[0]
+    # Peak from here on includes the runner's lazy first-call allocations (arenas, workspaces).
+    reset_peak_rss()
+    timing = time_call(fn, min_iterations=config["min_iterations"], max_seconds=config["max_seconds"])
+    peak = proc_status_kib("VmHWM")
+    return {
+        **timing,
+        "peak_rss_mb": peak / 1024.0,
+        "model_mem_mb": (peak - base_rss) / 1024.0,
+        "weights": weights,
+        "description": description,
+    }
+
+
+def available_backends() -> list[str]:
+    import importlib.util
+
+    found = [name for name in ("torch", "onnxruntime") if importlib.util.find_spec(name) is not None]
+    if importlib.util.find_spec("tensorrt") is not None:
+        found.append("tensorrt")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--models", nargs="+", default=["m2s_tiny", "m2s_rt", "m2s_large"])
+    parser.add_argument("--backends", nargs="+", default=None, help="default: every importable backend")
+    parser.add_argument("--min-iterations", type=int, default=5)
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="per configuration, after warm-up")
+    parser.add_argument("--markdown", type=Path, help="also write the table here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_one(json.loads(args.child))))
+        return 0
+
+    from mono2stereo_core.models import build_model
+
+    backends = args.backends or available_backends()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="m2s_bench_") as workdir:
+        configs = []
+        max_disp = max(build_model(m).max_disparity for m in args.models)
+        configs.append(dict(backend="sgbm", model="sgbm", num_disparities=-(-max_disp // 16) * 16))
+        for model in args.models:
+            for backend in backends:
+                configs.append(dict(backend=backend, model=model))
+        for config in configs:
+            config.update(width=args.width, height=args.height, workdir=workdir,
+                          min_iterations=args.min_iterations, max_seconds=args.max_seconds)
+            label = f"{config['model']} / {config['backend']}"
+            print(f"running {label} ...", file=sys.stderr, flush=True)
+            result = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                print(f"  {label} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append({**config, **json.loads(result.stdout.strip().splitlines()[-1])})
+
+    sgbm = next((r for r in rows if r["backend"] == "sgbm"), None)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    header = (
+        f"{args.width}x{args.height}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load avg {load:.1f} at start of report, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    )
+    lines = [
+        header,
+        "",
+        "| model | backend | weights | median ms | p90 ms | x SGBM | peak RSS MB | +MB over imports | iters |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = r["median_ms"] / sgbm["median_ms"] if sgbm else float("nan")
+        lines.append(
+            f"| {r['model']} | {r['description'] if r['backend'] == 'sgbm' else r['backend']} | {r['weights']} | "
+            f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {ratio:.2f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['model_mem_mb']:.0f} | {r['iterations']} |"
+        )
+    goal = next((r for r in rows if r["model"] == "m2s_rt" and r["backend"] == "onnxruntime"), None)
+    if goal and sgbm:
+        ratio = goal["median_ms"] / sgbm["median_ms"]
+        verdict = "meets" if ratio <= GOAL_RATIO else "MISSES"
+        lines += ["", f"m2s_rt via ONNX Runtime = {ratio:.2f} x SGBM latency: {verdict} the <= {GOAL_RATIO:g}x goal "
+                      f"(stretch {STRETCH_RATIO:g}x)."]
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""Disparity accuracy metrics, ground-truth occlusion masks and the OpenCV SGBM baseline.
+
+Definitions (``docs/evaluation.md`` repeats them; ``../shared/DESIGN.md`` "Evaluation" is the contract).
+All metrics are computed at full resolution over the *scored* pixels: ground truth finite (Middlebury's
+``+inf`` and NaN are unknown) and inside the optional region mask. A pixel is *predicted* when the
+method's disparity there is finite.
+
+- ``badN`` (N = 1, 2, 3): percent of scored pixels with ``|pred - gt| > N`` **or no prediction** (holes
+  count as errors, so sparse methods are not flattered).
+- ``epe``: mean ``|pred - gt|`` over scored pixels that are predicted (NaN when none are).
+- ``d1_all``: percent of scored pixels with ``|pred - gt| > 3`` **and** ``> 0.05 * |gt|``, or no prediction
+  (KITTI's outlier rule, holes counted).
+- ``density``: percent of scored pixels that are predicted.
+
+Regions: ``all`` (every GT-valid pixel), ``noc`` (GT-valid and visible in the right view, see
+:func:`occlusion_from_disparity`), ``both`` (GT-valid and predicted by *both* the method and a comparison
+method; density is 100 there by construction, so the comparison is purely about accuracy).
+
+Metrics are kept as pixel counts (:class:`DisparityMetrics`), so several scenes pool exactly by adding
+counts; the pooled numbers weight every scored pixel equally.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "DisparityMetrics",
+    "disparity_metrics",
+    "evaluate_dataset",
+    "evaluate_disparity",
+    "metrics_json",
+    "occlusion_from_disparity",
+    "sgbm_disparity",
+    "sgbm_num_disparities",
+    "side_by_side_image",
+    "METRIC_KEYS",
+]
+
+METRIC_KEYS = ("epe", "bad1", "bad2", "bad3", "d1_all", "density")
+
+
+@dataclass(frozen=True)
+class DisparityMetrics:
+    """Pixel counts behind the metrics over one region; ``+`` pools regions or scenes exactly."""
+
+    n_scored: int = 0
+    n_predicted: int = 0
+    n_bad1: int = 0
+    n_bad2: int = 0
+    n_bad3: int = 0
+    n_d1: int = 0
+    abs_error_sum: float = 0.0
+
+    def __add__(self, other: DisparityMetrics) -> DisparityMetrics:
+        if not isinstance(other, DisparityMetrics):
+            return NotImplemented
+        return DisparityMetrics(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+    def _percent(self, count: int) -> float:
+        return 100.0 * count / self.n_scored if self.n_scored else math.nan
+
+    @property
+    def epe(self) -> float:
+        return self.abs_error_sum / self.n_predicted if self.n_predicted else math.nan
+
+    @property
+    def bad1(self) -> float:
+        return self._percent(self.n_bad1)
+
+    @property
+    def bad2(self) -> float:
+        return self._percent(self.n_bad2)
+
+    @property
+    def bad3(self) -> float:
+        return self._percent(self.n_bad3)
+
+    @property
+    def d1_all(self) -> float:
+        return self._percent(self.n_d1)
+
+    @property
+    def density(self) -> float:
+        return self._percent(self.n_predicted)
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The six metrics (``METRIC_KEYS``, percent / pixels) plus ``n_pixels`` scored; NaN stays NaN."""
+        out: dict[str, float | int] = {k: float(getattr(self, k)) for k in METRIC_KEYS}
+        out["n_pixels"] = int(self.n_scored)
+        return out
+
+
+def _as_disparity(array: np.ndarray, *, name: str) -> np.ndarray:
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} disparity must be an H x W array, instead got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} disparity must be numeric, instead got dtype {arr.dtype}")
+    return arr.astype(np.float32, copy=False)
+
+
+def disparity_metrics(
+    pred: np.ndarray, gt: np.ndarray, *, mask: np.ndarray | None = None
+) -> DisparityMetrics:
+    """Counts for the metrics of ``pred`` against ``gt`` (both ``H x W`` disparity in pixels).
+
+    Scored pixels: ``gt`` finite and ``mask`` true (when given). ``pred`` may hold NaN / inf holes. Read
+    the percentages from the result's properties or :meth:`DisparityMetrics.as_dict`.
+    """
+    p = _as_disparity(pred, name="predicted")
+    g = _as_disparity(gt, name="ground-truth")
+    if p.shape != g.shape:
+        raise ValueError(
+            f"predicted disparity shape {p.shape} differs from ground truth {g.shape}; "
+            "metrics are defined at the ground truth's full resolution (resize and scale the prediction first)"
+        )
+    scored = np.isfinite(g)
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != g.shape:
+            raise ValueError(f"region mask shape {m.shape} differs from ground truth {g.shape}")
+        scored &= m.astype(bool)
+    gs = g[scored]
+    ps = p[scored]
+    predicted = np.isfinite(ps)
+    with np.errstate(invalid="ignore"):
+        err = np.abs(ps - gs)
+    err_pred = err[predicted]
+    # Holes are errors for every outlier count: comparing "not predicted" as inf does that in one step.
+    err_or_inf = np.where(predicted, err, np.inf)
+    return DisparityMetrics(
+        n_scored=int(gs.size),
+        n_predicted=int(predicted.sum()),
+        n_bad1=int((err_or_inf > 1.0).sum()),
+        n_bad2=int((err_or_inf > 2.0).sum()),
+        n_bad3=int((err_or_inf > 3.0).sum()),
+        n_d1=int(((err_or_inf > 3.0) & (err_or_inf > 0.05 * np.abs(gs))).sum()),
+        abs_error_sum=float(err_pred.sum(dtype=np.float64)),
+    )
+
+
+def evaluate_disparity(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    *,
+    compare: np.ndarray | None = None,
+    occlusion: np.ndarray | None = None,
+) -> dict[str, DisparityMetrics]:
+    """Metrics of ``pred`` on the ``all``, ``noc`` and (with ``compare``) ``both`` regions.
+
+    ``occlusion`` (``H x W`` bool, True = not visible in the right view) defaults to
+    :func:`occlusion_from_disparity` of ``gt``. With ``compare`` (another method's ``H x W`` disparity) the
+    result also has ``both`` (pred's metrics where both predict) and ``compare_all`` / ``compare_noc`` /
+    ``compare_both`` (the comparison method's metrics on the same regions).
+    """
+    g = _as_disparity(gt, name="ground-truth")
+    occ = occlusion_from_disparity(g) if occlusion is None else np.asarray(occlusion, dtype=bool)
+    if occ.shape != g.shape:
+        raise ValueError(f"occlusion mask shape {occ.shape} differs from ground truth {g.shape}")
+    out = {
+        "all": disparity_metrics(pred, g),
+        "noc": disparity_metrics(pred, g, mask=~occ),
+    }
+    if compare is not None:
+        c = _as_disparity(compare, name="comparison")
+        if c.shape != g.shape:
+            raise ValueError(f"comparison disparity shape {c.shape} differs from ground truth {g.shape}")
+        both = np.isfinite(_as_disparity(pred, name="predicted")) & np.isfinite(c)
+        out["both"] = disparity_metrics(pred, g, mask=both)
+        out["compare_all"] = disparity_metrics(c, g)
+        out["compare_noc"] = disparity_metrics(c, g, mask=~occ)
+        out["compare_both"] = disparity_metrics(c, g, mask=both)
+    return out
+
+
+def occlusion_from_disparity(
+    disparity: np.ndarray,
+    *,
+    samples_per_pixel: int = 4,
+    surface_jump: float = 1.0,
+    depth_margin: float = 1.0,
+) -> np.ndarray:
+    """Pixels of the left view not visible in the right view, from a left disparity map, by z-buffering.
+
+    Returns an ``H x W`` bool mask (True = occluded or out of the right view). Unknown disparities
+    (non-finite) are never marked and never occlude, since nothing is known about them.
+
+    Method, per row, vectorized over the image: the left scene is treated as a piecewise surface. Each
+    left pixel ``x`` covers ``[x - 0.5, x + 0.5)``; ``samples_per_pixel`` (S) sub-samples across it carry a
+    disparity interpolated linearly towards the horizontal neighbour when the two differ by at most
+    ``surface_jump`` pixels (same surface, e.g. a slanted floor), and the pixel's own disparity otherwise
+    (a depth edge: nothing is interpolated across it). A sample at ``u`` with disparity ``d`` lands at
+    ``u - d`` in the right view; each right position keeps the largest (nearest) disparity landing in its
+    1/S-pixel bin. On one surface adjacent samples land at most ``2/S`` apart (``|slope| <= 1`` px/px), so a
+    window of +-1 bin around a position closes the gaps a stretched surface leaves. The left pixel ``x``
+    is occluded when the nearest disparity within that window of its own landing position ``x - d(x)``
+    exceeds ``d(x) + depth_margin``: the margin keeps a steeply slanted surface from occluding itself.
+    Pixels landing left of the right image (``x - d(x) < -0.5``) are out of view and marked too, as
+    Middlebury's ``mask0nocc`` does.
+    """
+    if samples_per_pixel < 2:
+        raise ValueError(f"samples_per_pixel must be >= 2, instead got {samples_per_pixel}")
+    d = _as_disparity(disparity, name="ground-truth")
+    h, w = d.shape
+    known = np.isfinite(d)
+    s = int(samples_per_pixel)
+    # Sub-sample offsets in [-0.5, 0.5): the first half interpolates towards x-1, the second towards x+1.
+    offsets = (np.arange(s, dtype=np.float32) + 0.5) / s - 0.5
+    left_nb = np.concatenate([d[:, :1], d[:, :-1]], axis=1)
+    right_nb = np.concatenate([d[:, 1:], d[:, -1:]], axis=1)
+    nb = np.where(offsets[None, None, :] < 0, left_nb[..., None], right_nb[..., None])
+    # NaN / inf arithmetic below is expected (unknown pixels); those samples are masked out explicitly.
+    with np.errstate(invalid="ignore"):
+        same_surface = np.isfinite(nb) & (np.abs(nb - d[..., None]) <= surface_jump)
+        sample_d = np.where(same_surface, d[..., None] + np.abs(offsets) * (nb - d[..., None]), d[..., None])
+        x = np.arange(w, dtype=np.float32)[None, :, None]
+        land = x + offsets[None, None, :] - sample_d  # right-view x of every sample, H x W x S
+
+    # Right-view z-buffer in 1/S-pixel bins, padded by one pixel either side (x in [-1, w]).
+    n_bins = (w + 2) * s
+    sample_ok = known[..., None] & np.isfinite(land)
+    bins = np.round((np.where(sample_ok, land, -2.0) + 1.0) * s).astype(np.int64)
+    sample_ok &= (bins >= 0) & (bins < n_bins)
+    rows = np.broadcast_to(np.arange(h)[:, None, None], land.shape)
+    flat = (rows * n_bins + bins)[sample_ok]
+    zbuf = np.full(h * n_bins, -np.inf, dtype=np.float32)
+    np.maximum.at(zbuf, flat, sample_d[sample_ok])
+    zbuf = zbuf.reshape(h, n_bins)
+    # +-1 bin window: the largest gap between adjacent same-surface samples is 2/S px.
+    window = np.maximum(zbuf, np.maximum(np.roll(zbuf, 1, axis=1), np.roll(zbuf, -1, axis=1)))
+
+    with np.errstate(invalid="ignore"):
+        own_land = np.arange(w, dtype=np.float32)[None, :] - d
+        out_of_view = known & (own_land < -0.5)
+        own_bin = np.clip(np.round((np.where(known, own_land, 0.0) + 1.0) * s), 0, n_bins - 1).astype(
+            np.int64
+        )
+    nearest = np.take_along_axis(window, own_bin, axis=1)
+    occluded = known & (nearest > d + depth_margin)
+    return occluded | out_of_view
+
+
+def sgbm_num_disparities(max_disparity: float) -> int:
+    """The baseline's disparity range for a scene: ``max_disparity + 8`` rounded up to a multiple of 16."""
+    if not (np.isfinite(max_disparity) and max_disparity >= 0):
+        raise ValueError(f"max_disparity must be a finite number >= 0, instead got {max_disparity}")
+    return int(math.ceil((float(max_disparity) + 8.0) / 16.0) * 16)
+
+
+_SGBM_MODES = {
+    "sgbm": cv2.STEREO_SGBM_MODE_SGBM,
+    "hh": cv2.STEREO_SGBM_MODE_HH,
+    "3way": cv2.STEREO_SGBM_MODE_SGBM_3WAY,
+    "hh4": cv2.STEREO_SGBM_MODE_HH4,
+}
+
+
+def sgbm_disparity(
+    left: np.ndarray,
+    right: np.ndarray,
+    *,
+    num_disparities: int,
+    min_disparity: int = 0,
+    block_size: int = 5,
+    p1: int | None = None,
+    p2: int | None = None,
+    uniqueness_ratio: int = 10,
+    speckle_window_size: int = 100,
+    speckle_range: int = 2,
+    disp12_max_diff: int = 0,
+    pre_filter_cap: int = 0,
+    mode: str = "3way",
+) -> np.ndarray:
+    """OpenCV StereoSGBM, stereo_image_proc-style parameters: the classical baseline we must beat.
+
+    ``left`` / ``right``: rectified ``H x W x 3`` RGB (or ``H x W`` grey) uint8 images. Returns ``H x W``
+    float32 left disparity in pixels, NaN where SGBM gives no answer (uniqueness / speckle rejections and
+    the left border). ``p1`` / ``p2`` default to ``8 * C * block_size**2`` and ``32 * C * block_size**2``
+    (C = channels), the smoothness penalties OpenCV's documentation and stereo_image_proc recommend.
+    With the defaults and ``num_disparities=80`` the Middlebury motorcycle pair scores all-pixel bad-2
+    20.0 %, density 85.2 %, bad-2 6.1 % on its own predictions (``tests/test_evaluation.py`` pins this).
+    """
+    lt, rt = np.asarray(left), np.asarray(right)
+    if lt.shape != rt.shape:
+        raise ValueError(f"left image shape {lt.shape} differs from right image shape {rt.shape}")
+    if lt.dtype != np.uint8 or not (lt.ndim == 2 or (lt.ndim == 3 and lt.shape[2] in (1, 3))):
+        raise ValueError(f"SGBM needs H x W or H x W x 3 uint8 images, instead got {lt.shape} {lt.dtype}")
+    if num_disparities <= 0 or num_disparities % 16:
+        raise ValueError(f"num_disparities must be a positive multiple of 16, instead got {num_disparities}")
+    if block_size < 1 or block_size % 2 == 0:
+        raise ValueError(f"block_size must be odd and >= 1, instead got {block_size}")
+    if mode not in _SGBM_MODES:
+        raise ValueError(f"mode must be one of {sorted(_SGBM_MODES)}, instead got {mode!r}")
+    channels = 1 if lt.ndim == 2 else lt.shape[2]
+    area = block_size * block_size
+    matcher = cv2.StereoSGBM_create(
+        minDisparity=int(min_disparity),
+        numDisparities=int(num_disparities),
+        blockSize=int(block_size),
+        P1=int(8 * channels * area if p1 is None else p1),
+        P2=int(32 * channels * area if p2 is None else p2),
+        disp12MaxDiff=int(disp12_max_diff),
+        preFilterCap=int(pre_filter_cap),
+        uniquenessRatio=int(uniqueness_ratio),
+        speckleWindowSize=int(speckle_window_size),
+        speckleRange=int(speckle_range),
+        mode=_SGBM_MODES[mode],
+    )
+    # OpenCV's colour cost is channel-order agnostic, but feed BGR anyway so results match cv2.imread users.
+    if lt.ndim == 3 and channels == 3:
+        lt, rt = lt[..., ::-1], rt[..., ::-1]
+    fixed = matcher.compute(np.ascontiguousarray(lt), np.ascontiguousarray(rt))
+    disp = fixed.astype(np.float32) / 16.0  # StereoSGBM returns 4-bit fixed point
+    # Rejected pixels come back as (min_disparity - 1) * 16.
+    disp[fixed < min_disparity * 16] = np.nan
+    return disp
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dataset-level evaluation (training/evaluate.py is the command-line front end)
+
+
+def _json_number(value: float) -> float | None:
+    # JSON has no NaN; an undefined metric (e.g. EPE with no prediction) is written as null.
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+
+
+def metrics_json(metrics: DisparityMetrics) -> dict[str, float | int | None]:
+    """``DisparityMetrics`` as a JSON-ready dict: ``METRIC_KEYS`` (NaN -> None) and ``n_pixels``."""
+    return {k: (_json_number(v) if k != "n_pixels" else v) for k, v in metrics.as_dict().items()}
+
+
+def _as_prediction(result, *, what: str, shape: tuple[int, int]) -> np.ndarray:
+    disparity = result[0] if isinstance(result, tuple) else result
+    disparity = np.asarray(disparity, dtype=np.float32)
+    if disparity.shape != shape:
+        raise ValueError(
+            f"{what} returned disparity of shape {disparity.shape}, expected the scene's {shape}"
+        )
+    return disparity
+
+
+def side_by_side_image(
+    sample,
+    prediction: np.ndarray,
+    *,
+    metrics: dict[str, DisparityMetrics],
+    occlusion: np.ndarray,
+    compare: np.ndarray | None = None,
+    method_name: str = "ours",
+    compare_name: str = "sgbm",
+    max_error: float = 4.0,
+    tile_width: int = 480,
+) -> np.ndarray:
+    """The labelled comparison sheet for one scene (RGB uint8).
+
+    Row 1: left image | ground truth | method | comparison. Row 2: GT occlusion (white = not visible in
+    the right view) | bad-2 pixels of the method (red) | method error | comparison error. Disparities share
+    the ground truth's colour range; errors run 0 .. ``max_error`` px, white = hole (no prediction where
+    the ground truth is known), black = no ground truth.
+    """
+    from .viz import colorize_disparity, colorize_error, contact_sheet
+
+    gt = sample.disparity
+    known = np.isfinite(gt)
+    vmin, vmax = (float(gt[known].min()), float(gt[known].max())) if known.any() else (None, None)
+
+    def error_map(pred: np.ndarray) -> np.ndarray:
+        err = np.abs(pred - gt)
+        err[known & ~np.isfinite(pred)] = np.inf
+        err[~known] = np.nan
+        return err
+
+    def caption(name: str, m: DisparityMetrics) -> str:
+        return f"{name}: bad2 {m.bad2:.1f}% epe {m.epe:.2f} dens {m.density:.0f}%"
+
+    ours_err = error_map(prediction)
+    bad2 = np.zeros(gt.shape + (3,), np.uint8)
+    bad2[known] = 64
+    bad2[known & ~(ours_err <= 2.0)] = (255, 0, 0)
+    row1 = [
+        sample.left,
+        colorize_disparity(gt, vmin=vmin, vmax=vmax),
+        colorize_disparity(prediction, vmin=vmin, vmax=vmax),
+    ]
+    lab1 = [sample.name, "ground truth", caption(method_name, metrics["all"])]
+    row2 = [occlusion, bad2, colorize_error(ours_err, max_error=max_error)]
+    lab2 = ["GT occlusion (white)", f"{method_name} bad-2 (red)", f"{method_name} |error| 0..{max_error:g}px"]
+    if compare is not None:
+        row1.append(colorize_disparity(compare, vmin=vmin, vmax=vmax))
+        lab1.append(caption(compare_name, metrics["compare_all"]))
+        row2.append(colorize_error(error_map(compare), max_error=max_error))
+        lab2.append(f"{compare_name} |error| 0..{max_error:g}px")
+    return contact_sheet([row1, row2], labels=[lab1, lab2], tile_width=tile_width)
+
+
+def evaluate_dataset(
+    samples,
+    predict_fn,
+    *,
+    compare_fn=None,
+    method_name: str = "ours",
+    compare_name: str = "sgbm",
+    out_dir=None,
+    progress: bool = True,
+) -> dict:
+    """Scores ``predict_fn`` on every sample of a ground-truth dataset; returns the report dict.
+
+    ``samples``: iterable of :class:`~mono2stereo_core.datasets_gt.GTSample` (``len()`` used for the
+    progress bar when available). ``predict_fn(sample)`` / ``compare_fn(sample)`` return an ``H x W``
+    disparity (or a ``(disparity, confidence)`` tuple) at the sample's resolution, NaN = no prediction.
+    With ``out_dir`` each scene gets ``<scene>_side_by_side.png`` (:func:`side_by_side_image`) and
+    ``<scene>_disparity.png`` (the method's colorized disparity).
+
+    The report has the pooled all-pixel metrics at the top level (``METRIC_KEYS``), ``noc`` and (with
+    ``compare_fn``) ``both`` sub-dicts, ``compare`` (the comparison method's ``all`` / ``noc`` / ``both``
+    metrics), ``scenes`` (the same per scene, plus timing) and ``timing``. Pooling adds pixel counts, so
+    every scored pixel of every scene weighs the same.
+    """
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .viz import colorize_disparity, save_png
+
+    out_path = Path(out_dir) if out_dir is not None else None
+    totals: dict[str, DisparityMetrics] = {}
+    scenes = []
+    total = len(samples) if hasattr(samples, "__len__") else None
+    predict_seconds = 0.0
+    compare_seconds = 0.0
+    started = time.perf_counter()
+    for sample in tqdm(
+        samples, total=total, desc=f"evaluate {method_name}", unit="scene", disable=not progress
+    ):
+        gt = np.asarray(sample.disparity, dtype=np.float32)
+        t0 = time.perf_counter()
+        pred = _as_prediction(predict_fn(sample), what=f"{method_name} on {sample.name}", shape=gt.shape)
+        t1 = time.perf_counter()
+        compare = None
+        if compare_fn is not None:
+            compare = _as_prediction(
+                compare_fn(sample), what=f"{compare_name} on {sample.name}", shape=gt.shape
+            )
+        t2 = time.perf_counter()
+        predict_seconds += t1 - t0
+        compare_seconds += t2 - t1
+        occlusion = occlusion_from_disparity(gt)
+        metrics = evaluate_disparity(pred, gt, compare=compare, occlusion=occlusion)
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, DisparityMetrics()) + value
+        scene = _report_section(metrics)
+        scene.update(
+            name=sample.name,
+            height=int(gt.shape[0]),
+            width=int(gt.shape[1]),
+            gt_valid_percent=_json_number(100.0 * float(np.isfinite(gt).mean())),
+            occluded_percent=_json_number(
+                100.0 * float(occlusion[np.isfinite(gt)].mean()) if np.isfinite(gt).any() else math.nan
+            ),
+            predict_seconds=round(t1 - t0, 4),
+        )
+        if compare is not None:
+            scene["compare_seconds"] = round(t2 - t1, 4)
+        if out_path is not None:
+            sheet = side_by_side_image(
+                sample,
+                pred,
+                metrics=metrics,
+                occlusion=occlusion,
+                compare=compare,
+                method_name=method_name,
+                compare_name=compare_name,
+            )
+            scene["side_by_side"] = save_png(out_path / f"{sample.name}_side_by_side.png", sheet).name
+            known = np.isfinite(gt)
+            vmin, vmax = (float(gt[known].min()), float(gt[known].max())) if known.any() else (None, None)
+            colored = colorize_disparity(pred, vmin=vmin, vmax=vmax)
+            scene["disparity_png"] = save_png(out_path / f"{sample.name}_disparity.png", colored).name
+        scenes.append(scene)
+    if not scenes:
+        raise ValueError("evaluate_dataset got no samples to score")
+    report = _report_section(totals)
+    report.update(
+        method=method_name,
+        compare_method=compare_name if compare_fn is not None else None,
+        num_scenes=len(scenes),
+        scenes=scenes,
+        timing={
+            "total_seconds": round(time.perf_counter() - started, 3),
+            "predict_seconds_per_scene": round(predict_seconds / len(scenes), 4),
+            **({"compare_seconds_per_scene": round(compare_seconds / len(scenes), 4)} if compare_fn else {}),
+        },
+    )
+    return report
+
+
+def _report_section(metrics: dict[str, DisparityMetrics]) -> dict:
+    section: dict = dict(metrics_json(metrics["all"]))
+    section["noc"] = metrics_json(metrics["noc"])
+    if "both" in metrics:
+        section["both"] = metrics_json(metrics["both"])
+        section["compare"] = {
+            "all": metrics_json(metrics["compare_all"]),
+            "noc": metrics_json(metrics["compare_noc"]),
+            "both": metrics_json(metrics["compare_both"]),
+        }
+    return section

@@ -1,0 +1,274 @@
+"""Building blocks of the stereo networks: 2-D/3-D conv units, feature encoder, cost volumes, aggregation,
+disparity regression, warping correlation and convex upsampling.
+
+Every block uses only ops that export to ONNX opset 17 with static shapes and map onto native TensorRT layers
+(Conv, ConvTranspose, BatchNorm folded into conv, ReLU, Slice, Pad, Mul, ReduceMean, Softmax, ArgMax,
+GridSample, Resize). No data-dependent shapes, no loops over the batch, no in-place index assignment.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def conv2d_bn_relu(in_channels: int, out_channels: int, *, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    """3x3 conv + BatchNorm + ReLU. BatchNorm folds into the conv at export, so it costs nothing at run time."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def conv3d_bn_relu(in_channels: int, out_channels: int, *, stride: int = 1) -> nn.Sequential:
+    """3x3x3 conv over (disparity, height, width) + BatchNorm + ReLU."""
+    return nn.Sequential(
+        nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm3d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convs with an identity shortcut; keeps channels and resolution: N x C x H x W -> same."""
+
+    def __init__(self, channels: int, *, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv2d_bn_relu(channels, channels, dilation=dilation)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False)
+        self.norm2 = nn.BatchNorm2d(channels)
+        # Zero-initialised last norm: every residual block starts as the identity, which makes a freshly
+        # built network train stably from the first step without warm-up.
+        nn.init.zeros_(self.norm2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x + self.norm2(self.conv2(self.conv1(x))))
+
+
+class FeatureEncoder(nn.Module):
+    """Shared-weight image encoder producing features at 1/2 and 1/4 of the input resolution.
+
+    Input N x 3 x H x W (already normalised). Outputs ``(f2, f4)``: N x c2 x H/2 x W/2 and N x c4 x H/4 x W/4.
+    It must downsample by exactly 2 and 4 so that the cost volume's bin ``d`` means ``4 d`` input pixels.
+    """
+
+    def __init__(self, *, half_channels: int, quarter_channels: int, quarter_blocks: int) -> None:
+        super().__init__()
+        if quarter_blocks < 1:
+            raise ValueError(f"quarter_blocks must be >= 1, instead got {quarter_blocks}")
+        self.stem = nn.Sequential(
+            conv2d_bn_relu(3, half_channels, stride=2),
+            ResidualBlock(half_channels),
+        )
+        blocks: list[nn.Module] = [conv2d_bn_relu(half_channels, quarter_channels, stride=2)]
+        # Alternating dilation widens the receptive field (textureless regions need context) at no extra cost.
+        blocks += [ResidualBlock(quarter_channels, dilation=1 + (i % 2)) for i in range(quarter_blocks)]
+        self.quarter = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        f2 = self.stem(x)
+        return f2, self.quarter(f2)
+
+
+def groupwise_correlation(left: Tensor, right: Tensor, *, groups: int) -> Tensor:
+    """Mean of channel-wise products within ``groups`` channel groups: N x C x ... (both) -> N x G x ..."""
+    n, c = left.shape[:2]
+    if c % groups != 0:
+        raise ValueError(f"feature channels ({c}) must be divisible by the correlation groups, instead got {groups}")
+    prod = left * right
+    return prod.reshape(n, groups, c // groups, *prod.shape[2:]).mean(dim=2)
+
+
+def groupwise_cost_volume(left: Tensor, right: Tensor, *, num_bins: int, groups: int) -> Tensor:
+    """Group-wise correlation cost volume over integer horizontal shifts.
+
+    ``left``, ``right``: N x C x h x w features. Returns N x G x num_bins x h x w where bin ``d`` correlates left
+    pixel x with right pixel x - d; pixels with no partner (x < d) get 0. The shift loop unrolls into
+    ``num_bins`` static Slice/Mul/Pad nodes, which TensorRT fuses well; it needs no custom correlation plugin.
+    """
+    n, _, h, w = left.shape
+    slices = []
+    for d in range(num_bins):
+        if d == 0:
+            slices.append(groupwise_correlation(left, right, groups=groups))
+        elif d < w:
+            corr = groupwise_correlation(left[..., d:], right[..., : w - d], groups=groups)
+            slices.append(F.pad(corr, (d, 0)))
+        else:
+            slices.append(left.new_zeros((n, groups, h, w)))
+    return torch.stack(slices, dim=2)
+
+
+class CostExcitation(nn.Module):
+    """Guided cost-volume excitation (CoEx, Bangunharcana et al. 2021): per-pixel channel gates computed from
+    the left image features re-weight the cost volume, injecting image context (edges, texture) into the 3-D
+    aggregation at the price of a 1x1 conv. Volume N x C x D x h x w, features N x F x h x w -> same volume."""
+
+    def __init__(self, *, volume_channels: int, feature_channels: int) -> None:
+        super().__init__()
+        self.gate = nn.Sequential(
+            nn.Conv2d(feature_channels, feature_channels // 2, 1, bias=False),
+            nn.BatchNorm2d(feature_channels // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(feature_channels // 2, volume_channels, 1),
+        )
+
+    def forward(self, volume: Tensor, features: Tensor) -> Tensor:
+        return volume * torch.sigmoid(self.gate(features)).unsqueeze(2)
+
+
+class Hourglass3d(nn.Module):
+    """One 3-D encoder-decoder over (disparity, height, width), guided by left features at both scales.
+
+    Volume N x C x D x h x w with D, h, w even -> same shape. Features: N x F x h x w (full volume scale) and
+    N x F x h/2 x w/2 (the pooled scale is derived inside by average pooling).
+    """
+
+    def __init__(self, *, channels: int, feature_channels: int) -> None:
+        super().__init__()
+        self.down = nn.Sequential(
+            conv3d_bn_relu(channels, 2 * channels, stride=2),
+            conv3d_bn_relu(2 * channels, 2 * channels),
+        )
+        self.excite_low = CostExcitation(volume_channels=2 * channels, feature_channels=feature_channels)
+        self.up = nn.Sequential(
+            nn.ConvTranspose3d(2 * channels, channels, 3, stride=2, padding=1, output_padding=1, bias=False),
+            nn.BatchNorm3d(channels),
+        )
+        self.excite_high = CostExcitation(volume_channels=channels, feature_channels=feature_channels)
+
+    def forward(self, volume: Tensor, features: Tensor) -> Tensor:
+        low = self.excite_low(self.down(volume), F.avg_pool2d(features, 2))
+        return self.excite_high(F.relu(volume + self.up(low)), features)
+
+
+def local_soft_argmax(logits: Tensor, *, radius: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Sub-bin disparity from a distribution over bins, robust to multi-modal distributions.
+
+    ``logits``: N x D x h x w. The expectation is taken only over bins within ``radius`` of the arg-max, so a
+    second mode (a foreground/background edge, a repeated texture) does not pull the estimate into the empty
+    space between modes, which a plain soft-argmax does. Returns ``(bin_index N x 1 x h x w float,
+    log_prob N x D x h x w, confidence N x 1 x h x w)`` where confidence is the probability mass inside the
+    window: close to 1 for a single sharp peak, low for flat or ambiguous distributions.
+    """
+    log_prob = F.log_softmax(logits, dim=1)
+    prob = log_prob.exp()
+    bins = torch.arange(logits.shape[1], dtype=logits.dtype, device=logits.device).view(1, -1, 1, 1)
+    peak = torch.argmax(logits, dim=1, keepdim=True).to(logits.dtype)
+    window = ((bins - peak).abs() <= radius).to(logits.dtype)
+    mass = (prob * window).sum(dim=1, keepdim=True)
+    index = (prob * window * bins).sum(dim=1, keepdim=True) / mass.clamp_min(1e-6)
+    return index, log_prob, mass.clamp(0.0, 1.0)
+
+
+def warp_correlation(left: Tensor, right: Tensor, disparity: Tensor, *, radius: int, groups: int) -> Tensor:
+    """Local correlation around a disparity estimate, at the features' own resolution.
+
+    ``left``, ``right``: N x C x h x w; ``disparity``: N x 1 x h x w in pixels *of this resolution*. For each
+    offset k in [-radius, radius] the right features are bilinearly sampled at x - disparity - k (one
+    GridSample for all offsets, stacked along the height axis) and correlated group-wise with the left.
+    Returns N x (G * (2 radius + 1)) x h x w; samples outside the right image correlate to 0.
+    """
+    n, c, h, w = left.shape
+    k = 2 * radius + 1
+    offsets = torch.arange(-radius, radius + 1, dtype=left.dtype, device=left.device).view(1, k, 1, 1)
+    xs = torch.arange(w, dtype=left.dtype, device=left.device).view(1, 1, 1, w)
+    ys = torch.arange(h, dtype=left.dtype, device=left.device).view(1, 1, h, 1)
+    x_src = xs - disparity - offsets  # N x K x h x w
+    # align_corners=True maps -1/+1 to the centres of the first/last pixel, matching integer pixel coordinates.
+    gx = x_src * (2.0 / max(w - 1, 1)) - 1.0
+    gy = (ys * (2.0 / max(h - 1, 1)) - 1.0).expand(n, k, h, w)
+    grid = torch.stack((gx, gy), dim=-1).reshape(n, k * h, w, 2)
+    warped = F.grid_sample(right, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    warped = warped.reshape(n, c, k, h, w)
+    corr = groupwise_correlation(left.unsqueeze(2).expand(n, c, k, h, w), warped, groups=groups)
+    return corr.reshape(n, groups * k, h, w)
+
+
+def convex_upsample(disparity: Tensor, mask_logits: Tensor, *, factor: int) -> Tensor:
+    """Learned convex upsampling (RAFT): each output pixel is a convex combination of the 3x3 low-resolution
+    neighbourhood around it, with weights predicted from image features, so edges stay sharp instead of being
+    blurred as bilinear interpolation does.
+
+    ``disparity``: N x 1 x h x w (values already in output pixels); ``mask_logits``: N x (9 factor^2) x h x w.
+    Returns N x 1 x (factor h) x (factor w). The 3x3 neighbourhood is gathered with Pad + 9 Slices rather
+    than Unfold, whose ONNX export needs opset 18.
+    """
+    n, _, h, w = disparity.shape
+    if mask_logits.shape[1] != 9 * factor * factor:
+        raise ValueError(
+            f"convex upsampling by {factor} needs {9 * factor * factor} mask channels, instead got {mask_logits.shape[1]}"
+        )
+    weights = torch.softmax(mask_logits.reshape(n, 9, factor * factor, h, w), dim=1)
+    padded = F.pad(disparity, (1, 1, 1, 1), mode="replicate")
+    neighbours = torch.stack(
+        [padded[:, 0, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], dim=1
+    )  # N x 9 x h x w
+    up = (weights * neighbours.unsqueeze(2)).sum(dim=1)  # N x f^2 x h x w
+    return F.pixel_shuffle(up, factor)
+
+
+class DisparityRefinement(nn.Module):
+    """Residual disparity update from a local warped correlation at one resolution.
+
+    Inputs: left/right features N x C x h x w, current disparity N x 1 x h x w in *full-resolution* pixels,
+    ``scale`` = full resolution / this resolution. Returns ``(disparity, hidden)``: the updated disparity (same
+    units, >= 0) and N x hidden_channels x h x w features that drive the convex upsampling mask.
+    """
+
+    def __init__(
+        self,
+        *,
+        feature_channels: int,
+        hidden_channels: int,
+        radius: int,
+        groups: int,
+        num_blocks: int,
+        max_disparity: int,
+    ) -> None:
+        super().__init__()
+        self.radius = radius
+        self.groups = groups
+        self.max_disparity = float(max_disparity)
+        corr_channels = groups * (2 * radius + 1)
+        self.inp = conv2d_bn_relu(corr_channels + feature_channels + 1, hidden_channels)
+        self.blocks = nn.Sequential(
+            *[ResidualBlock(hidden_channels, dilation=(1, 2, 4, 1)[i % 4]) for i in range(num_blocks)]
+        )
+        self.delta = nn.Conv2d(hidden_channels, 1, 3, padding=1)
+        # Zero residual at start: a new network begins from the coarse estimate rather than from noise.
+        nn.init.zeros_(self.delta.weight)
+        nn.init.zeros_(self.delta.bias)
+
+    def forward(self, left: Tensor, right: Tensor, disparity: Tensor, *, scale: int) -> tuple[Tensor, Tensor]:
+        corr = warp_correlation(left, right, disparity / scale, radius=self.radius, groups=self.groups)
+        x = torch.cat((corr, left, disparity / self.max_disparity), dim=1)
+        hidden = self.blocks(self.inp(x))
+        # The residual is predicted in this level's pixels (the correlation's units) and converted back.
+        return F.relu(disparity + scale * self.delta(hidden)), hidden
+
+
+class EdgeRefinement(nn.Module):
+    """Full-resolution, image-guided residual correction of the final disparity.
+
+    Image N x 3 x H x W (normalised), disparity N x 1 x H x W -> disparity N x 1 x H x W. It snaps depth
+    discontinuities to image edges that the 1/2-resolution stages can only localise to +-1 pixel.
+    """
+
+    def __init__(self, *, channels: int, max_disparity: int) -> None:
+        super().__init__()
+        self.max_disparity = float(max_disparity)
+        self.body = nn.Sequential(
+            conv2d_bn_relu(4, channels),
+            conv2d_bn_relu(channels, channels, dilation=2),
+            conv2d_bn_relu(channels, channels),
+        )
+        self.delta = nn.Conv2d(channels, 1, 3, padding=1)
+        nn.init.zeros_(self.delta.weight)
+        nn.init.zeros_(self.delta.bias)
+
+    def forward(self, image: Tensor, disparity: Tensor) -> Tensor:
+        x = torch.cat((image, disparity / self.max_disparity), dim=1)
+        return F.relu(disparity + self.delta(self.body(x)))

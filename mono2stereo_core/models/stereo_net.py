@@ -1,0 +1,308 @@
+"""The Mono2Stereo stereo network family: ``m2s_tiny`` (tests), ``m2s_rt`` (real time, Jetson) and ``m2s_large``.
+
+Pipeline (see docs/network.md for the diagram and measured cost):
+shared encoder (1/2, 1/4) -> group-wise correlation volume at 1/4 -> guided 3-D hourglass(es) -> distribution over
+disparity bins -> local soft-argmax -> warped-correlation refinement at 1/2 (one or more iterations) -> convex
+upsampling to full resolution -> image-guided edge refinement at full resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mono2stereo_core.models.blocks import (
+    CostExcitation,
+    DisparityRefinement,
+    EdgeRefinement,
+    FeatureEncoder,
+    Hourglass3d,
+    conv3d_bn_relu,
+    convex_upsample,
+    groupwise_cost_volume,
+    local_soft_argmax,
+)
+
+# The cost volume lives at 1/4 resolution; one bin is this many input pixels.
+COST_VOLUME_DOWNSAMPLE = 4
+# ImageNet statistics: the encoder sees normalised RGB, callers pass plain [0, 1] RGB.
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+_VARIANTS: dict[str, dict[str, Any]] = {
+    # Only for tests: builds in milliseconds, a few thousand parameters.
+    "m2s_tiny": dict(
+        half_channels=8,
+        quarter_channels=16,
+        quarter_blocks=1,
+        corr_groups=4,
+        agg_channels=4,
+        hourglasses=1,
+        refine_channels=16,
+        refine_blocks=1,
+        refine_radius=2,
+        refine_groups=4,
+        refine_iterations=1,
+        edge_channels=8,
+        argmax_radius=2,
+    ),
+    # Real-time default: cheap enough to train on a laptop CPU in under an hour and to run on a Jetson.
+    "m2s_rt": dict(
+        half_channels=16,
+        quarter_channels=32,
+        quarter_blocks=2,
+        corr_groups=8,
+        agg_channels=8,
+        hourglasses=1,
+        refine_channels=24,
+        refine_blocks=1,
+        refine_radius=2,
+        refine_groups=4,
+        refine_iterations=1,
+        edge_channels=8,
+        argmax_radius=2,
+    ),
+    # Accuracy variant: wider features, stacked hourglasses, iterative refinement at 1/2.
+    "m2s_large": dict(
+        half_channels=32,
+        quarter_channels=96,
+        quarter_blocks=4,
+        corr_groups=16,
+        agg_channels=16,
+        hourglasses=2,
+        refine_channels=64,
+        refine_blocks=4,
+        refine_radius=3,
+        refine_groups=8,
+        refine_iterations=3,
+        edge_channels=24,
+        argmax_radius=2,
+    ),
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_VARIANTS)
+
+
+@dataclass
+class StereoOutput:
+    """Everything a loss needs from one training forward pass.
+
+    - ``disparity``: N x 1 x H x W, final prediction in input pixels (>= 0).
+    - ``confidence``: N x 1 x H x W in [0, 1].
+    - ``predictions``: list of N x 1 x H x W full-resolution predictions, coarse -> fine (the last one is
+      ``disparity``), for the sequence loss.
+    - ``log_prob``: N x D x h x w log-distribution over the cost-volume bins (h = H / downsample).
+    - ``bin_values``: D values, the full-resolution disparity of each bin.
+    - ``downsample``: H / h.
+    """
+
+    disparity: Tensor
+    confidence: Tensor
+    predictions: list[Tensor] = field(default_factory=list)
+    log_prob: Tensor | None = None
+    bin_values: Tensor | None = None
+    downsample: int = COST_VOLUME_DOWNSAMPLE
+
+
+class StereoNet(nn.Module):
+    """Learned stereo matcher for rectified pairs.
+
+    ``forward(left, right)`` takes N x 3 x H x W float RGB in [0, 1] (H, W multiples of ``stride``; the runner
+    pads) and returns ``(disparity, confidence)``, both N x 1 x H x W: left-view disparity in input pixels
+    (>= 0, at most about ``max_disparity``) and a confidence in [0, 1] (probability mass of the matching
+    distribution around the selected disparity).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        max_disparity: int,
+        half_channels: int,
+        quarter_channels: int,
+        quarter_blocks: int,
+        corr_groups: int,
+        agg_channels: int,
+        hourglasses: int,
+        refine_channels: int,
+        refine_blocks: int,
+        refine_radius: int,
+        refine_groups: int,
+        refine_iterations: int,
+        edge_channels: int,
+        argmax_radius: int,
+    ) -> None:
+        super().__init__()
+        step = 2 * COST_VOLUME_DOWNSAMPLE
+        if not isinstance(max_disparity, int) or max_disparity < step or max_disparity % step != 0:
+            raise ValueError(
+                f"max_disparity must be a positive multiple of {step} (the 3-D hourglass halves the "
+                f"{COST_VOLUME_DOWNSAMPLE}x-downsampled bins), instead got {max_disparity!r}"
+            )
+        for key, value in dict(
+            hourglasses=hourglasses, refine_iterations=refine_iterations, quarter_blocks=quarter_blocks
+        ).items():
+            if value < 1:
+                raise ValueError(f"{key} must be >= 1, instead got {value}")
+        if quarter_channels % corr_groups != 0 or half_channels % refine_groups != 0:
+            raise ValueError(
+                f"channels must divide into correlation groups, instead got quarter_channels={quarter_channels}, "
+                f"corr_groups={corr_groups}, half_channels={half_channels}, refine_groups={refine_groups}"
+            )
+        self.config: dict[str, Any] = dict(
+            name=name,
+            max_disparity=max_disparity,
+            half_channels=half_channels,
+            quarter_channels=quarter_channels,
+            quarter_blocks=quarter_blocks,
+            corr_groups=corr_groups,
+            agg_channels=agg_channels,
+            hourglasses=hourglasses,
+            refine_channels=refine_channels,
+            refine_blocks=refine_blocks,
+            refine_radius=refine_radius,
+            refine_groups=refine_groups,
+            refine_iterations=refine_iterations,
+            edge_channels=edge_channels,
+            argmax_radius=argmax_radius,
+        )
+        self.max_disparity = max_disparity
+        self.downsample = COST_VOLUME_DOWNSAMPLE
+        # 1/4 for the cost volume, and one more halving inside each hourglass.
+        self.stride = 2 * COST_VOLUME_DOWNSAMPLE
+        self.num_bins = max_disparity // COST_VOLUME_DOWNSAMPLE
+        self.corr_groups = corr_groups
+        self.argmax_radius = argmax_radius
+
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "bin_values",
+            torch.arange(self.num_bins, dtype=torch.float32) * COST_VOLUME_DOWNSAMPLE,
+            persistent=False,
+        )
+
+        self.encoder = FeatureEncoder(
+            half_channels=half_channels, quarter_channels=quarter_channels, quarter_blocks=quarter_blocks
+        )
+        self.volume_in = conv3d_bn_relu(corr_groups, agg_channels)
+        self.volume_excite = CostExcitation(volume_channels=agg_channels, feature_channels=quarter_channels)
+        self.hourglasses = nn.ModuleList(
+            [Hourglass3d(channels=agg_channels, feature_channels=quarter_channels) for _ in range(hourglasses)]
+        )
+        self.volume_out = nn.Conv3d(agg_channels, 1, 3, padding=1)
+        self.refinements = nn.ModuleList(
+            [
+                DisparityRefinement(
+                    feature_channels=half_channels,
+                    hidden_channels=refine_channels,
+                    radius=refine_radius,
+                    groups=refine_groups,
+                    num_blocks=refine_blocks,
+                    max_disparity=max_disparity,
+                )
+                for _ in range(refine_iterations)
+            ]
+        )
+        self.upsample_masks = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(refine_channels, refine_channels, 3, padding=1),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(refine_channels, 9 * 4, 1),
+                )
+                for _ in range(refine_iterations)
+            ]
+        )
+        self.edge_refinement = EdgeRefinement(channels=edge_channels, max_disparity=max_disparity)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _check_inputs(self, left: Tensor, right: Tensor) -> None:
+        if left.dim() != 4 or left.shape[1] != 3:
+            raise ValueError(f"left must be N x 3 x H x W RGB, instead got shape {tuple(left.shape)}")
+        if right.shape != left.shape:
+            raise ValueError(
+                f"left and right must have the same shape, instead got {tuple(left.shape)} and {tuple(right.shape)}"
+            )
+        h, w = left.shape[-2:]
+        if h % self.stride or w % self.stride:
+            raise ValueError(
+                f"height and width must be multiples of the network stride {self.stride} (pad the input), "
+                f"instead got {h} x {w}"
+            )
+
+    def forward_train(self, left: Tensor, right: Tensor) -> StereoOutput:
+        """Full forward pass returning every intermediate a loss needs; see :class:`StereoOutput`."""
+        self._check_inputs(left, right)
+        h, w = left.shape[-2:]
+        n = left.shape[0]
+        left_n = (left - self.mean) / self.std
+        right_n = (right - self.mean) / self.std
+        # One encoder pass over the stacked pair: same weights, half the kernel launches.
+        f2, f4 = self.encoder(torch.cat((left_n, right_n), dim=0))
+        left2, right2 = f2[:n], f2[n:]
+        left4, right4 = f4[:n], f4[n:]
+
+        volume = groupwise_cost_volume(left4, right4, num_bins=self.num_bins, groups=self.corr_groups)
+        volume = self.volume_excite(self.volume_in(volume), left4)
+        for hourglass in self.hourglasses:
+            volume = hourglass(volume, left4)
+        logits = self.volume_out(volume).squeeze(1)  # N x D x h/4 x w/4
+        index, log_prob, confidence4 = local_soft_argmax(logits, radius=self.argmax_radius)
+        disparity4 = index * float(COST_VOLUME_DOWNSAMPLE)
+
+        predictions = [
+            F.interpolate(disparity4, size=(h, w), mode="bilinear", align_corners=False),
+        ]
+        disparity2 = F.interpolate(disparity4, scale_factor=2, mode="bilinear", align_corners=False)
+        full = predictions[0]
+        for refine, mask_head in zip(self.refinements, self.upsample_masks):
+            disparity2, hidden = refine(left2, right2, disparity2, scale=2)
+            full = convex_upsample(disparity2, mask_head(hidden), factor=2)
+            predictions.append(full)
+        final = self.edge_refinement(left_n, full)
+        predictions.append(final)
+        confidence = F.interpolate(confidence4, size=(h, w), mode="bilinear", align_corners=False)
+        return StereoOutput(
+            disparity=final,
+            confidence=confidence.clamp(0.0, 1.0),
+            predictions=predictions,
+            log_prob=log_prob,
+            bin_values=self.bin_values,
+            downsample=COST_VOLUME_DOWNSAMPLE,
+        )
+
+    def forward(self, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+        """Inference/export path: ``(disparity, confidence)``, each N x 1 x H x W."""
+        out = self.forward_train(left, right)
+        return out.disparity, out.confidence
+
+
+def build_model(name: str, *, max_disparity: int = 192, **overrides: Any) -> StereoNet:
+    """Builds a named variant (``MODEL_NAMES``); ``overrides`` replace individual size settings.
+
+    ``build_model(**model.config)``-style round trips work: ``build_model(cfg["name"], **rest_of_cfg)``.
+    """
+    if name not in _VARIANTS:
+        raise ValueError(f"unknown stereo model {name!r}; known models: {', '.join(MODEL_NAMES)}")
+    settings = dict(_VARIANTS[name])
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown} for model {name!r}; valid settings: {sorted(settings)}")
+    settings.update(overrides)
+    return StereoNet(name=name, max_disparity=max_disparity, **settings)
+
+
+def build_from_config(config: dict[str, Any]) -> StereoNet:
+    """Rebuilds a network from its ``config`` dict (as stored in a checkpoint sidecar)."""
+    if not isinstance(config, dict) or "name" not in config:
+        raise ValueError(f"a model config must be a dict with a 'name' key, instead got {config!r}")
+    rest = {k: v for k, v in config.items() if k not in ("name", "max_disparity")}
+    return build_model(config["name"], max_disparity=int(config.get("max_disparity", 192)), **rest)

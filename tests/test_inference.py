@@ -1,0 +1,213 @@
+"""Runners on the real Middlebury motorcycle pair: padding exactness, torch/ONNX Runtime parity, bad input."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import skimage.data
+import torch
+from torch import nn
+
+from mono2stereo_core.inference import load_runner, resolve_model_path, runner
+from mono2stereo_core.inference.export import export_onnx
+from mono2stereo_core.inference.onnx_runner import OnnxRunner
+from mono2stereo_core.inference.torch_runner import TorchRunner
+from mono2stereo_core.models import build_model, save_checkpoint
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "m2s_rt.safetensors"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _few_threads():
+    # The CI machine has 2 cores shared with other jobs; oversubscription makes torch slower, not faster.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def motorcycle():
+    left, right, _ = skimage.data.stereo_motorcycle()
+    return left, right
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("m2s_tiny", max_disparity=64)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", model, sidecar={"recipe": "test"})
+
+
+@pytest.fixture(scope="module")
+def rt_model():
+    """The shipped real-time weights when present, else a seeded random m2s_rt (same graph, same ops)."""
+    if SHIPPED.is_file():
+        from mono2stereo_core.models import load_model
+
+        return load_model(SHIPPED, device="cpu")[0]
+    torch.manual_seed(0)
+    return build_model("m2s_rt", max_disparity=192).eval()
+
+
+@pytest.fixture(scope="module")
+def rt_onnx(rt_model, tmp_path_factory):
+    return export_onnx(rt_model, tmp_path_factory.mktemp("onnx") / "rt_744x504.onnx", height=504, width=744)
+
+
+def test_padding_is_exact_in_the_unpadded_region(tiny_checkpoint, motorcycle):
+    left, right = motorcycle
+    run = load_runner(tiny_checkpoint, backend="torch")
+    disparity, confidence = run(left, right)
+    assert disparity.shape == confidence.shape == (500, 741)
+    assert disparity.dtype == confidence.dtype == np.float32
+    # Independent reference: pad with numpy's edge mode to 744 x 504 and run the network directly.
+    padded = [np.pad(im, ((0, 4), (0, 3), (0, 0)), mode="edge").astype(np.float32) / 255.0 for im in (left, right)]
+    tensors = [torch.from_numpy(p.transpose(2, 0, 1)[None].copy()) for p in padded]
+    with torch.inference_mode():
+        ref_disp, ref_conf = run.model(*tensors)
+    np.testing.assert_array_equal(disparity, ref_disp[0, 0, :500, :741].numpy())
+    np.testing.assert_array_equal(confidence, ref_conf[0, 0, :500, :741].numpy())
+
+
+def test_torch_and_onnxruntime_agree_on_motorcycle(rt_model, rt_onnx, motorcycle):
+    left, right = motorcycle
+    torch_disp, torch_conf = TorchRunner(rt_model, device="cpu")(left, right)
+    ort_runner = OnnxRunner(rt_onnx)
+    assert ort_runner.input_size == (744, 504) and ort_runner.stride == rt_model.stride
+    ort_disp, ort_conf = ort_runner(left, right)
+    diff = np.abs(torch_disp - ort_disp)
+    # A hard arg-max picks the disparity window; with near-flat (untrained) cost distributions a 1e-6 kernel
+    # difference could flip it, so the message reports how many pixels disagree, not only the maximum.
+    assert diff.max() < 0.01, f"max {diff.max():.4f} px, {np.mean(diff > 0.01) * 100:.3f} % of pixels > 0.01 px"
+    assert np.abs(torch_conf - ort_conf).max() < 1e-3
+    assert np.isfinite(ort_disp).all()
+
+
+def test_resize_path_rescales_disparity_to_input_pixels():
+    class ConstantDisparity(nn.Module):
+        """Reports 10 network pixels everywhere: the runner must turn that into 10 * W / Wn input pixels."""
+
+        stride, max_disparity = 8, 64
+
+        def forward(self, left, right):
+            n, _, h, w = left.shape
+            return torch.full((n, 1, h, w), 10.0), left.mean(dim=1, keepdim=True)
+
+    image = np.full((500, 741, 3), 128, np.uint8)
+    run = TorchRunner(ConstantDisparity(), device="cpu", input_size=(368, 248))
+    assert run.plan(height=500, width=741).mode == "resize"
+    disparity, confidence = run(image, image)
+    assert disparity.shape == (500, 741)
+    np.testing.assert_allclose(disparity, 10.0 * 741 / 368, rtol=1e-5)
+    np.testing.assert_allclose(confidence, 128 / 255, rtol=1e-5)
+    assert run.max_disparity_at(width=741) == pytest.approx(64 * 741 / 368)
+    # An image that pads to the network size is padded, not resized.
+    assert run.plan(height=243, width=361).mode == "pad"
+
+
+def test_grayscale_pair_is_expanded_to_rgb(tiny_checkpoint, motorcycle):
+    left, right = (np.ascontiguousarray(im[:96, :128, 1]) for im in motorcycle)
+    run = load_runner(tiny_checkpoint, backend="torch")
+    gray = run(left, right)
+    rgb = run(np.repeat(left[:, :, None], 3, 2), np.repeat(right[:, :, None], 3, 2))
+    np.testing.assert_array_equal(gray[0], rgb[0])
+    np.testing.assert_array_equal(run(left[:, :, None], right[:, :, None])[0], rgb[0])
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "message"),
+    [
+        (np.zeros((40, 64, 3), np.uint8), np.zeros((40, 48, 3), np.uint8), "same size"),
+        (np.zeros((40, 64), np.uint8), np.zeros((40, 64, 3), np.uint8), "both be colour or both grayscale"),
+        (np.zeros((0, 64, 3), np.uint8), np.zeros((0, 64, 3), np.uint8), "left image is empty"),
+        (np.zeros((40, 64, 3), np.float32), np.zeros((40, 64, 3), np.float32), "dtype float32; expected uint8"),
+        (np.zeros((40, 64, 3), np.uint16), np.zeros((40, 64, 3), np.uint16), "instead got uint16"),
+        (np.zeros((40, 64, 4), np.uint8), np.zeros((40, 64, 4), np.uint8), r"instead got shape \(40, 64, 4\)"),
+        ([[0]], np.zeros((40, 64, 3), np.uint8), "must be a numpy array, instead got list"),
+    ],
+    ids=["size", "gray-vs-colour", "empty", "float", "uint16", "rgba", "list"],
+)
+def test_bad_input_is_refused_with_a_clear_message(tiny_checkpoint, left, right, message):
+    run = load_runner(tiny_checkpoint, backend="torch")
+    with pytest.raises(ValueError, match=message):
+        run(left, right)
+
+
+def test_float_images_accepted_only_when_allowed(tiny_checkpoint, motorcycle):
+    left, right = (im[:64, :96] for im in motorcycle)
+    run = load_runner(tiny_checkpoint, backend="torch", allow_float=True)
+    as_float = run(left.astype(np.float32) / 255, right.astype(np.float32) / 255)[0]
+    np.testing.assert_allclose(as_float, run(left, right)[0], atol=1e-4)
+
+
+def test_missing_and_corrupt_model_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors does not exist"):
+        load_runner(tmp_path / "nope.safetensors")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises((ValueError, RuntimeError), match="corrupt.safetensors"):
+        load_runner(corrupt)
+    bad_onnx = tmp_path / "corrupt.onnx"
+    bad_onnx.write_bytes(b"\x08\x07garbage" * 50)
+    with pytest.raises(RuntimeError, match="corrupt.onnx is not a readable ONNX model"):
+        load_runner(bad_onnx)
+    with pytest.raises(ValueError, match="unsupported extension '.pt'"):
+        (tmp_path / "model.pt").write_bytes(b"x")
+        load_runner(tmp_path / "model.pt")
+
+
+def test_onnx_with_unexpected_input_names_is_refused(tmp_path):
+    class Renamed(nn.Module):
+        def forward(self, a, b):
+            return (a - b).mean(dim=1, keepdim=True), a.mean(dim=1, keepdim=True)
+
+    path = tmp_path / "renamed.onnx"
+    x = torch.zeros(1, 3, 16, 16)
+    torch.onnx.export(Renamed(), (x, x), str(path), input_names=["image_left", "image_right"],
+                      output_names=["disparity", "confidence"], dynamo=False)
+    onnx.checker.check_model(str(path))
+    with pytest.raises(ValueError, match=r"renamed.onnx: expected inputs \['left', 'right'\], instead got"):
+        load_runner(path)
+
+
+def test_auto_backend_is_logged_with_reason(tiny_checkpoint, rt_onnx, caplog):
+    with caplog.at_level(logging.INFO, logger="mono2stereo_core.inference"):
+        assert load_runner(rt_onnx).backend == "onnxruntime"
+        assert load_runner(tiny_checkpoint).backend == "torch"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("backend onnxruntime" in m and "TensorRT not used" in m for m in messages), messages
+    assert any("backend torch" in m and "checkpoint runs on torch (CPU)" in m for m in messages), messages
+
+
+def test_backend_and_file_mismatches(tiny_checkpoint, rt_onnx):
+    with pytest.raises(ValueError, match="training/export.py --checkpoint"):
+        load_runner(tiny_checkpoint, backend="onnxruntime")
+    with pytest.raises(ValueError, match="backend 'torch' needs the .safetensors"):
+        load_runner(rt_onnx, backend="torch")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_runner(rt_onnx, backend="openvino")
+    with pytest.raises(ValueError, match="differs from the static size"):
+        load_runner(rt_onnx, input_size=(640, 480))
+    with pytest.raises(ValueError, match="fp16 inference needs a CUDA device"):
+        load_runner(tiny_checkpoint, backend="torch", precision="fp16", device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine would build an engine instead")
+def test_tensorrt_backend_without_gpu_fails_clearly(rt_onnx, tmp_path):
+    with pytest.raises(RuntimeError, match="(CUDA GPU|tensorrt)"):
+        load_runner(rt_onnx, backend="tensorrt", engine_cache_dir=tmp_path)
+
+
+def test_default_weights_env_var_and_clear_error(tiny_checkpoint, monkeypatch, tmp_path):
+    monkeypatch.setenv("MONO2STEREO_WEIGHTS", str(tiny_checkpoint))
+    assert resolve_model_path(None) == tiny_checkpoint
+    assert load_runner().backend == "torch"
+    missing = [tmp_path / "a" / "m2s_rt.safetensors", tmp_path / "b" / "m2s_rt.safetensors"]
+    monkeypatch.setattr(runner, "default_weights_candidates", lambda: missing)
+    with pytest.raises(FileNotFoundError, match=r"(?s)default weights m2s_rt.safetensors were not found.*a/m2s_rt"):
+        resolve_model_path(None)

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Score a stereo model (or the OpenCV SGBM baseline) against ground-truth disparity.
+
+    python training/evaluate.py --data motorcycle --out eval/                 # shipped default vs SGBM
+    python training/evaluate.py --checkpoint weights/m2s_rt.safetensors --data ~/middlebury/trainingQ --out eval/
+    python training/evaluate.py --method sgbm --data ~/kitti2015 --out eval_sgbm/
+
+--data is "motorcycle" (bundled, no download), a Middlebury-2014 scene folder (im0.png, im1.png,
+disp0GT.pfm, calib.txt), a folder of such scenes, or a KITTI 2012/2015 folder. Writes OUT/report.json:
+epe, bad1, bad2, bad3, d1_all, density over all ground-truth-valid pixels (holes count as errors), the
+same under "noc" (pixels visible in both views) and, when comparing, under "both" (pixels both methods
+predict) and "compare"; per-scene entries; method, checkpoint and timing. Each scene also gets
+OUT/<scene>_side_by_side.png (left | GT | ours | SGBM, occlusion | bad-2 | error maps) and
+OUT/<scene>_disparity.png. Metric definitions: docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mono2stereo_core.datasets_gt import GTSample, load_gt_dataset  # noqa: E402
+from mono2stereo_core.evaluation import (  # noqa: E402
+    METRIC_KEYS,
+    evaluate_dataset,
+    sgbm_disparity,
+    sgbm_num_disparities,
+)
+
+log = logging.getLogger("evaluate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, help="YAML file whose keys are these options' long names")
+    known, _ = pre.parse_known_args(argv)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[pre],
+    )
+    parser.add_argument(
+        "--checkpoint", help="model file (.safetensors, .onnx, .engine); default: the shipped weights"
+    )
+    parser.add_argument("--data", help='"motorcycle" or a Middlebury / KITTI folder (required)')
+    parser.add_argument("--out", type=Path, help="output folder for report.json and PNGs (required)")
+    parser.add_argument(
+        "--method", choices=("ours", "sgbm"), default="ours", help="what to score (default ours)"
+    )
+    parser.add_argument(
+        "--compare",
+        choices=("sgbm", "none"),
+        default=None,
+        help="second method scored on the same pixels (default: sgbm for --method ours, none for sgbm)",
+    )
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto")
+    parser.add_argument(
+        "--max-disparity",
+        type=float,
+        default=None,
+        help="SGBM search range in pixels (rounded up to 16); default per scene: GT max + 8, rounded up to 16",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    if known.config is not None:
+        if not known.config.is_file():
+            parser.error(f"--config {known.config} does not exist")
+        values = yaml.safe_load(known.config.read_text()) or {}
+        if not isinstance(values, dict):
+            parser.error(f"--config {known.config} must hold a mapping, instead got {type(values).__name__}")
+        dests = {a.dest for a in parser._actions}
+        unknown = sorted(set(k.replace("-", "_") for k in values) - dests)
+        if unknown:
+            parser.error(f"--config {known.config} has unknown keys {unknown}")
+        parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
+    args = parser.parse_args(argv)
+    if args.data is None or args.out is None:
+        parser.error("--data and --out are required (on the command line or in --config)")
+    args.out = Path(args.out)
+    if args.compare is None:
+        args.compare = "sgbm" if args.method == "ours" else "none"
+    if args.method == "sgbm" and args.compare == "sgbm":
+        parser.error("--method sgbm --compare sgbm compares SGBM with itself; use --compare none")
+    if args.max_disparity is not None and not args.max_disparity > 0:
+        parser.error(f"--max-disparity must be positive, instead got {args.max_disparity}")
+    return args
+
+
+def sgbm_predictor(max_disparity: float | None):
+    """SGBM with stereo_image_proc-style parameters; the range from --max-disparity or the scene's GT."""
+
+    def predict(sample: GTSample) -> np.ndarray:
+        if max_disparity is not None:
+            num = int(np.ceil(max_disparity / 16.0) * 16)
+        else:
+            known = np.isfinite(sample.disparity)
+            if not known.any():
+                raise ValueError(f"scene {sample.name} has no valid ground truth to size the SGBM range from")
+            num = sgbm_num_disparities(float(sample.disparity[known].max()))
+        return sgbm_disparity(sample.left, sample.right, num_disparities=num)
+
+    return predict
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        samples = load_gt_dataset(args.data)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        print(f"evaluate.py: {exc}", file=sys.stderr)
+        return 2
+
+    sgbm = sgbm_predictor(args.max_disparity)
+    info: dict = {"data": str(args.data), "backend": None, "checkpoint": None}
+    if args.method == "ours":
+        from mono2stereo_core.inference import load_runner
+        from mono2stereo_core.inference.runner import resolve_model_path
+
+        t0 = time.perf_counter()
+        try:
+            info["checkpoint"] = str(resolve_model_path(args.checkpoint))
+            runner = load_runner(args.checkpoint, backend=args.backend)
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            print(f"evaluate.py: cannot load the model: {exc}", file=sys.stderr)
+            return 2
+        info["load_seconds"] = round(time.perf_counter() - t0, 3)
+        info["backend"] = getattr(runner, "description", type(runner).__name__)
+
+        def predict(sample: GTSample):
+            return runner(sample.left, sample.right)
+
+    else:
+        if args.checkpoint is not None:
+            log.warning("--checkpoint %s is ignored with --method sgbm", args.checkpoint)
+        info["backend"] = (
+            "opencv StereoSGBM (3-way, block 5, P1 8*3*25, P2 32*3*25, uniqueness 10, speckle 100/2)"
+        )
+        predict = sgbm
+
+    report = evaluate_dataset(
+        samples,
+        predict,
+        compare_fn=sgbm if args.compare == "sgbm" else None,
+        method_name=args.method,
+        compare_name="sgbm",
+        out_dir=args.out,
+        progress=not args.no_progress,
+    )
+    report.update(info)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out / ".report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, args.out / "report.json")
+
+    def fmt(section: dict) -> str:
+        return "  ".join(f"{k} {section[k]:.3f}" if section[k] is not None else f"{k} -" for k in METRIC_KEYS)
+
+    print(f"{args.method} all  : {fmt(report)}")
+    print(f"{args.method} noc  : {fmt(report['noc'])}")
+    if "both" in report:
+        print(f"sgbm all  : {fmt(report['compare']['all'])}")
+        print(f"{args.method} both : {fmt(report['both'])}")
+        print(f"sgbm both : {fmt(report['compare']['both'])}")
+    print(f"report: {args.out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
