@@ -421,9 +421,10 @@ class StereoBagWriter:
             schema = self._writer.register_schema(name=msgtype, encoding="ros2msg", data=text.encode())
             self._schemas[msgtype] = schema
         qos = _LATCHED_QOS if topic.rstrip("/").endswith("tf_static") else []
+        # The same two keys rosbag2 (Jazzy and later) writes, so its MCAP plugin replays the QoS.
         channel = self._writer.register_channel(
             topic=topic, message_encoding="cdr", schema_id=schema,
-            metadata={"offered_qos_profiles": yaml.safe_dump(qos) if qos else ""},
+            metadata={"offered_qos_profiles": yaml.safe_dump(qos), "topic_type_hash": self.typestore.hash_rihs01(msgtype)},
         )
         self._channels[key] = channel
         return channel
@@ -584,7 +585,8 @@ def _pick_topic(topics: Mapping[str, str], msgtype: str, side: str, role: str, n
     listing = ", ".join(f"{t} [{ty}]" for t, ty in sorted(topics.items()))
     if not candidates:
         raise BagError(f"no {side} {role} topic ({msgtype} with '{side}' in its name) in the bag; it has: {listing}")
-    raise BagError(f"several {side} {role} topics {candidates}; pass {side}_{role}_topic explicitly")
+    argument = f"{side}_topic" if role == "image" else f"{side}_info_topic"
+    raise BagError(f"several {side} {role} topics {candidates}; pass {argument}= explicitly")
 
 
 def _camera_from_infos(left_info, right_info, left_topic: str, right_topic: str) -> StereoCamera:

@@ -95,14 +95,8 @@ def test_depth_anything_matches_transformers_forward(tiny_da_dir, images):
 
     model = load_mono_depth(tiny_da_dir, input_size=(126, 210))
     img = images[1]
-    size = model.processing_size(*img.shape[:2])
-    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
-    x = torch.nn.functional.interpolate(
-        x, size=size, mode="bicubic", align_corners=False, antialias=True
-    ).clamp(0, 1)
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
-        1, 3, 1, 1
-    )
+    # The reference: transformers' own forward on the same input (pre-processing is tested below).
+    x = model.preprocess(img)
     ref_model = AutoModelForDepthEstimation.from_pretrained(tiny_da_dir, local_files_only=True).eval()
     with torch.no_grad():
         ref = ref_model(pixel_values=x).predicted_depth[None]
@@ -262,3 +256,24 @@ def test_predict_rejects_non_rgb(tiny_da_dir):
         model.predict([np.zeros((10, 10), np.uint8)])
     with pytest.raises(TypeError, match="list of H x W x 3"):
         model.predict(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_preprocessing_matches_transformers_image_processor(tiny_da_dir):
+    """Our batched torch resize/normalize reproduces the reference DPT processor (PIL) to ~0.3 grey levels."""
+    from transformers import DPTImageProcessorPil
+
+    processor = DPTImageProcessorPil(
+        size={"height": 518, "width": 518},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+        resample=3,
+    )
+    left = data.stereo_motorcycle()[0]
+    ref = processor(images=left, return_tensors="pt")["pixel_values"]
+    model = load_mono_depth(tiny_da_dir)
+    assert model.processing_size(*left.shape[:2]) == tuple(ref.shape[2:]) == (518, 770)
+    ours = model.preprocess(left)
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().mean() < 0.01

@@ -46,7 +46,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--config", type=Path, required=True, help="training recipe YAML, e.g. config/train/pretrain_rt.yaml")
     add_run_arguments(parser)
+    parser.add_argument(
+        "--prerender",
+        type=int,
+        metavar="STEPS",
+        help="procedural data only: render the scenes the first STEPS steps will use into data.cache_dir, in the "
+        "order training uses them, then exit (run it in parallel shards with --shard to keep a CPU run fed)",
+    )
+    parser.add_argument("--shard", default="0/1", metavar="K/N", help="with --prerender: render every N-th scene from K")
     return parser.parse_args(argv)
+
+
+def prerender(config: dict, dataset, *, steps: int, shard: str) -> int:
+    """Fills the scene cache in first-use order (same sampler as the trainer, single process)."""
+    from tqdm import tqdm
+
+    from mono2stereo_core.training.datasets import ProceduralStereoDataset
+    from mono2stereo_core.training.distributed import ResumableDistributedSampler
+
+    if not isinstance(dataset, ProceduralStereoDataset) or dataset.cache_dir is None:
+        raise SystemExit("error: --prerender needs data.kind=procedural and data.cache_dir")
+    try:
+        k, n = (int(x) for x in shard.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"error: --shard must look like K/N with 0 <= K < N, instead got {shard!r}") from None
+    sampler = ResumableDistributedSampler(len(dataset), seed=int(config["seed"]))
+    items = int(steps) * int(config["optim"]["batch_size"])
+    seeds: list[int] = []
+    epoch = 0
+    while len(seeds) < items:
+        sampler.set_epoch(epoch)
+        seeds.extend(dataset.scene_seed(i) for i in sampler.indices()[: items - len(seeds)])
+        epoch += 1
+    unique = list(dict.fromkeys(seeds))[k::n]
+    for seed in tqdm(unique, desc=f"prerender {shard}", disable=not config["trainer"]["progress"]):
+        dataset.scene(seed)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         network, _ = build_network(config)
         dataset = build_dataset(config, stride=int(network.stride))
+        if args.prerender:
+            return prerender(config, dataset, steps=args.prerender, shard=args.shard)
         sidecar = base_sidecar(config, stage="pretrain", context=context)
         sidecar["data"] = {
             "kind": config["data"]["kind"],

@@ -179,6 +179,24 @@ class DepthAnythingV2(MonoDepthModel):
             keep_aspect_ratio=self.keep_aspect_ratio,
         )
 
+    def preprocess(self, image: np.ndarray):
+        """One RGB uint8 ``H x W x 3`` image -> the normalized ``1 x 3 x h x w`` float32 network input.
+
+        Matches transformers' DPT image processor (bicubic, kept aspect ratio, patch multiple, mean/std)
+        to within PIL's uint8 rounding, but runs in torch on the model's device.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        (image,) = check_images([image], who="DepthAnythingV2")
+        size = self.processing_size(*image.shape[:2])
+        x = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        # antialias=True: without it bicubic shrinking aliases, unlike the PIL reference.
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+        mean = torch.tensor(self.mean, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
+        return (x - mean) / std
+
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         import torch
         import torch.nn.functional as F
@@ -188,21 +206,11 @@ class DepthAnythingV2(MonoDepthModel):
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
             groups.setdefault(self.processing_size(*img.shape[:2]), []).append(i)
-        mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         with torch.inference_mode():
-            for (ph, pw), indices in groups.items():
+            for indices in groups.values():
                 for start in range(0, len(indices), self.batch_size):
                     chunk = indices[start : start + self.batch_size]
-                    batch = []
-                    for i in chunk:
-                        x = torch.from_numpy(images[i]).to(self.device).permute(2, 0, 1)[None].float() / 255.0
-                        # Bicubic as the reference processor; antialias avoids aliasing when shrinking.
-                        x = F.interpolate(
-                            x, size=(ph, pw), mode="bicubic", align_corners=False, antialias=True
-                        )
-                        batch.append(x.clamp_(0.0, 1.0))
-                    x = ((torch.cat(batch) - mean) / std).to(self.dtype)
+                    x = torch.cat([self.preprocess(images[i]) for i in chunk]).to(self.dtype)
                     pred = self.model(pixel_values=x).predicted_depth
                     if pred.ndim == 3:
                         pred = pred[:, None]

@@ -101,7 +101,7 @@ class SceneConfig:
     horizontal_fov_deg: tuple[float, float] = (45.0, 95.0)
     baseline_m: tuple[float, float] = (0.05, 0.6)
     supersample: int = 2
-    exposure_jitter: float = 0.05
+    exposure_jitter: float = 0.02
     noise_sigma: tuple[float, float] = (0.3, 2.0)
     blur_sigma: tuple[float, float] = (0.0, 0.6)
 
@@ -554,9 +554,11 @@ def _shade_primitive(
     inv_texel = 1.0 / mat.texel_size
     tu = (ca * s - sa * q) * inv_texel + mat.offset[0]
     tv = (sa * s + ca * q) * inv_texel + mat.offset[1]
-    # Mip level from the ray footprint on the surface (grazing angles capped, i.e. slightly blurred there).
-    footprint = t * dnorm / (focal * np.maximum(cos_view, 0.2) * mat.texel_size)
-    level = np.log2(np.maximum(footprint, 1e-6))
+    # Mip level from the ray footprint on the surface. Isotropic mip-mapping uses the long axis of the footprint
+    # (blurry at grazing angles, as with a real lens) rather than the short one (aliasing moire).
+    footprint = t * dnorm / (focal * np.maximum(cos_view, 0.05) * mat.texel_size)
+    # +0.5 biases towards the blurrier level, like a real lens's MTF: detail right at Nyquist only aliases.
+    level = np.log2(np.maximum(footprint, 1e-6)) + 0.5
     albedo = mat.texture.sample(tu, tv, level)
     albedo = np.clip(albedo * mat.gain + mat.bias, 0.02, 0.95)
     diffuse = np.maximum(n[0] * lx + n[1] * ly + n[2] * lz, 0)
@@ -723,6 +725,7 @@ class _Layout:
         gain = (tint * contrast).astype(np.float32)
         bias = (rng.uniform(-0.1, 0.15) + rng.uniform(-0.03, 0.03, size=3)).astype(np.float32)
         glossy = rng.random() < min(cfg.p_specular + glossy_bias, 1.0)
+        strength = float(rng.uniform(0.15, 0.7))  # drawn either way: the config must not reshuffle the layout
         return _Material(
             texture=texture,
             texel_size=texel,
@@ -730,7 +733,7 @@ class _Layout:
             offset=(float(rng.uniform(0, 4096)), float(rng.uniform(0, 4096))),
             gain=gain,
             bias=bias,
-            specular=float(rng.uniform(0.15, 0.7)) if glossy else 0.0,
+            specular=strength if glossy else 0.0,
             shininess=float(_log_uniform(rng, 8, 120)),
         )
 
@@ -969,8 +972,8 @@ def _sample_photometry(rng: np.random.Generator, cfg: SceneConfig) -> _Photometr
     vig = rng.uniform(0.0, 0.3)
     return _Photometry(
         exposure=(base * (1 + rng.uniform(-j, j) / 2), base * (1 + rng.uniform(-j, j) / 2)),
-        white_balance=(1 + rng.uniform(-0.02, 0.02, size=3), 1 + rng.uniform(-0.02, 0.02, size=3)),
-        gamma=(gamma * (1 + rng.uniform(-0.02, 0.02)), gamma * (1 + rng.uniform(-0.02, 0.02))),
+        white_balance=(1 + rng.uniform(-0.01, 0.01, size=3), 1 + rng.uniform(-0.01, 0.01, size=3)),
+        gamma=(gamma * (1 + rng.uniform(-0.01, 0.01)), gamma * (1 + rng.uniform(-0.01, 0.01))),
         vignetting=(vig * rng.uniform(0.9, 1.1), vig * rng.uniform(0.9, 1.1)),
         noise_sigma=(rng.uniform(*cfg.noise_sigma), rng.uniform(*cfg.noise_sigma)),
         blur_sigma=float(rng.uniform(*cfg.blur_sigma)),
