@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from mono2stereo_core.inference.export import export_onnx
     from mono2stereo_core.inference.onnx_runner import OnnxRunner
     from mono2stereo_core.inference.torch_runner import TorchRunner
-    from mono2stereo_core.models import build_model, load_model
+    from mono2stereo_core.models import build_from_config, build_model, load_model
 
     shipped = REPO / "weights" / f"{args.model}.safetensors"
     if shipped.is_file():
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     def fresh():
-        net = build_model(args.model, **{k: v for k, v in model.config.items() if k not in ("name",)})
+        net = build_from_config(model.config)
         net.load_state_dict(state)
         return net.eval()
 

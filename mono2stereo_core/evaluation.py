@@ -211,8 +211,26 @@ def occlusion_from_disparity(
         raise ValueError(f"samples_per_pixel must be >= 2, instead got {samples_per_pixel}")
     d = _as_disparity(disparity, name="ground-truth")
     h, w = d.shape
+    # Rows are independent: process blocks of about 4 M samples to bound memory on full-size Middlebury.
+    block = max(1, (1 << 22) // max(1, w * int(samples_per_pixel)))
+    return (
+        np.concatenate(
+            [
+                _occlusion_rows(
+                    d[r : r + block], s=int(samples_per_pixel), jump=surface_jump, margin=depth_margin
+                )
+                for r in range(0, h, block)
+            ]
+        )
+        if h
+        else np.zeros(d.shape, bool)
+    )
+
+
+def _occlusion_rows(d: np.ndarray, *, s: int, jump: float, margin: float) -> np.ndarray:
+    """:func:`occlusion_from_disparity` on a block of rows (``d``: float32 H x W)."""
+    h, w = d.shape
     known = np.isfinite(d)
-    s = int(samples_per_pixel)
     # Sub-sample offsets in [-0.5, 0.5): the first half interpolates towards x-1, the second towards x+1.
     offsets = (np.arange(s, dtype=np.float32) + 0.5) / s - 0.5
     left_nb = np.concatenate([d[:, :1], d[:, :-1]], axis=1)
@@ -220,7 +238,7 @@ def occlusion_from_disparity(
     nb = np.where(offsets[None, None, :] < 0, left_nb[..., None], right_nb[..., None])
     # NaN / inf arithmetic below is expected (unknown pixels); those samples are masked out explicitly.
     with np.errstate(invalid="ignore"):
-        same_surface = np.isfinite(nb) & (np.abs(nb - d[..., None]) <= surface_jump)
+        same_surface = np.isfinite(nb) & (np.abs(nb - d[..., None]) <= jump)
         sample_d = np.where(same_surface, d[..., None] + np.abs(offsets) * (nb - d[..., None]), d[..., None])
         x = np.arange(w, dtype=np.float32)[None, :, None]
         land = x + offsets[None, None, :] - sample_d  # right-view x of every sample, H x W x S
@@ -245,7 +263,7 @@ def occlusion_from_disparity(
             np.int64
         )
     nearest = np.take_along_axis(window, own_bin, axis=1)
-    occluded = known & (nearest > d + depth_margin)
+    occluded = known & (nearest > d + margin)
     return occluded | out_of_view
 
 

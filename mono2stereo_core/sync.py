@@ -14,7 +14,8 @@ re-implemented here from their documented behaviour:
 
 Both count every message that will never be part of a set in ``dropped`` (per input in
 ``dropped_per_input``), are thread-safe, and call ``callback(*items)`` with items in input order; callbacks
-run outside the state lock but in emission order, so a callback may call ``add`` again.
+run outside the state lock but in emission order, so a callback may call ``add`` again. ``flush()`` marks
+the end of the streams (offline pairing of a bag): sets still waiting for proof of optimality are emitted.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class _Synchronizer:
         self.dropped_per_input = [0] * self.num_inputs
         self.emitted = 0
         self._lock = threading.Lock()
-        # Held while delivering; re-entrant so that a callback may feed the synchronizer again.
         self._deliver_lock = threading.RLock()
+        self._outbox: deque[tuple] = deque()
 
     @property
     def dropped(self) -> int:
@@ -75,14 +76,20 @@ class _Synchronizer:
         with self._lock:
             ready = step(*args)
             self.emitted += len(ready)
-            # Taking the delivery lock before releasing the state lock keeps sets in emission order.
-            self._deliver_lock.acquire()
-        try:
-            for items in ready:
+            self._outbox.extend(ready)
+        if not ready:
+            return
+        # Sets enter the outbox in emission order under the state lock; one thread at a time empties it, so
+        # callbacks see that order. The state lock is never held while waiting here or calling back, so a
+        # callback may add() again (the delivery lock is re-entrant) while other threads keep producing.
+        with self._deliver_lock:
+            while True:
+                with self._lock:
+                    if not self._outbox:
+                        return
+                    items = self._outbox.popleft()
                 for cb in self._callbacks:
                     cb(*items)
-        finally:
-            self._deliver_lock.release()
 
     def _add_locked(self, index: int, stamp_ns: int, item: object) -> list[tuple]:
         raise NotImplementedError

@@ -419,6 +419,7 @@ def test_other_typestore_and_ambiguous_topics(tmp_path, motorcycle):
         StereoBagWriter(tmp_path, typestore="ros2_nonexistent")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # lark, imported by rclpy's message packages
 def test_rclpy_serialized_messages_record_and_read_back(tmp_path, motorcycle):
     """The recorder passes rclpy's CDR bytes straight to write(); the reader must decode them exactly."""
     serialization = pytest.importorskip("rclpy.serialization")

@@ -122,24 +122,26 @@ def test_depth_anything_reads_preprocessor_config(tiny_da_dir, tmp_path):
     assert model.processing_size(200, 400) == (98, 196)
 
 
-def test_missing_weights_say_where_and_how(tmp_path):
+def test_missing_weights_say_where_and_how(tmp_path, monkeypatch):
     with pytest.raises(MonoWeightsNotFoundError) as err:
         load_mono_depth(tmp_path / "nope")
     msg = str(err.value)
     assert str(tmp_path / "nope") in msg
     assert "huggingface-cli download depth-anything/Depth-Anything-V2-Small-hf --local-dir" in msg
-    monkey_dir = tmp_path / "weights_root"
-    monkey_dir.mkdir()
-    os.environ["MONO2STEREO_WEIGHTS"] = str(monkey_dir)
-    try:
-        with pytest.raises(
-            MonoWeightsNotFoundError, match="Depth-Anything-V2-Base-hf --local-dir .*depth_anything_v2_base"
-        ):
-            load_mono_depth("depth_anything_v2_base")
-        with pytest.raises(MonoWeightsNotFoundError, match="nothing is downloaded"):
-            load_mono_depth("depth-anything/Depth-Anything-V2-Large-hf")
-    finally:
-        del os.environ["MONO2STEREO_WEIGHTS"]
+    weights_root = tmp_path / "weights_root"
+    weights_root.mkdir()
+    monkeypatch.setenv("MONO2STEREO_MONO_WEIGHTS", str(weights_root))
+    with pytest.raises(
+        MonoWeightsNotFoundError, match="Depth-Anything-V2-Base-hf --local-dir .*depth_anything_v2_base"
+    ):
+        load_mono_depth("depth_anything_v2_base")
+    with pytest.raises(MonoWeightsNotFoundError, match="nothing is downloaded"):
+        load_mono_depth("depth-anything/Depth-Anything-V2-Large-hf")
+    # A short name resolves inside that folder once the weights are there.
+    _tiny_depth_anything(weights_root / "depth_anything_v2_small")
+    assert load_mono_depth("depth_anything_v2_small", input_size=70).name == str(
+        weights_root / "depth_anything_v2_small"
+    )
 
 
 def test_dir_without_config_is_rejected(tmp_path):

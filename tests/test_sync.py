@@ -1,6 +1,7 @@
 """Synchronizers: exact pairing, approximate pairing within slop, drops, overflow, brute-force reference."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -213,3 +214,37 @@ def test_thread_safety_under_concurrent_producers():
     assert [a for a, _ in out.sets] == [b for _, b in out.sets]
     assert len(out.sets) >= len(stamps) - 1
     assert [a for a, _ in out.sets] == sorted(a for a, _ in out.sets)
+
+
+@pytest.mark.timeout(60)
+def test_callback_may_feed_the_synchronizer_while_other_threads_produce():
+    """A callback that adds to a second synchronizer input chain must not deadlock with other producers."""
+    out = Collector()
+    sync = ApproximateTimeSynchronizer(2, queue_size=1000, slop_s=0.001, callback=out)
+    relayed = []
+
+    def relay(a, b):
+        relayed.append(a)
+        time.sleep(0.0002)  # let the producer thread run while this callback is in progress
+        if a % 2 == 0:  # re-entrant add from inside the callback
+            sync.add(0, (a + 1) * 10 * MS, a + 1)
+
+    sync.register_callback(relay)
+
+    def right_producer():
+        for k in range(400):
+            sync.add(1, k * 10 * MS, k)
+            time.sleep(0.0001)
+
+    worker = threading.Thread(target=right_producer)
+    worker.start()
+    for k in range(0, 400, 2):
+        sync.add(0, k * 10 * MS, k)
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "deadlock"
+    sync.flush()
+    lefts = [a for a, _ in out.sets]
+    assert lefts == sorted(lefts) and relayed == lefts
+    assert all(a == b for a, b in out.sets)
+    # Every even left frame pairs; odd ones pair unless the main thread's next even frame overtook them.
+    assert len(out.sets) >= 200, len(out.sets)

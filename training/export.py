@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--onnx", type=Path, help="output ONNX (default: <checkpoint>_<W>x<H>.onnx)")
     parser.add_argument("--engine", type=Path, help="also build a TensorRT engine here (needs GPU + TensorRT 10)")
     parser.add_argument("--fp16", action="store_true", help="FP16 TensorRT engine")
-    parser.add_argument("--workspace-gb", type=float, default=2.0, help="TensorRT builder workspace limit (GiB)")
+    parser.add_argument("--workspace-gb", type=float, default=1.0, help="TensorRT builder workspace limit (GiB)")
     parser.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (default: beside the engine)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     parser.add_argument("--skip-parity", action="store_true", help="skip the torch vs ONNX Runtime check")

@@ -244,8 +244,9 @@ def produce(job: Job, item: Item) -> dict[str, Any]:
     if item.source is None:
         from mono2stereo_core.synthesis.procedural import render_scene
 
+        width, height = job.width or 640, job.height or 480
         scene = render_scene(
-            item.seed, width=job.width or 640, height=job.height or 480, max_disparity=job.config.max_disparity
+            item.seed, width=width, height=height, max_disparity=min(job.config.max_disparity, width / 2)
         )
         image, prediction, kind, source = scene.left, scene.depth, "depth", f"procedural:{item.seed}"
     else:
@@ -261,7 +262,10 @@ def produce(job: Job, item: Item) -> dict[str, Any]:
         disparity, scale = depth_to_training_disparity(prediction, kind=kind, config=job.config, rng=rng, source=source)
     except ValueError as exc:
         raise SkipItem(str(exc)) from exc
-    pair = synthesize_pair(image, disparity, inpaint=job.inpaint, seed=item.seed, config=job.config, device=job.device)
+    try:
+        pair = synthesize_pair(image, disparity, inpaint=job.inpaint, seed=item.seed, config=job.config, device=job.device)
+    except ValueError as exc:
+        raise SkipItem(f"{source}: {exc}") from exc
     files = write_pair(job.out, item.item_id, pair, disp_format=job.disp_format)
     finite = pair.disparity[pair.valid]
     return {

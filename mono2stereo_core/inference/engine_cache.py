@@ -183,7 +183,7 @@ def build_engine_file(
     engine_path: str | os.PathLike,
     *,
     precision: str,
-    workspace_gb: float = 2.0,
+    workspace_gb: float = 1.0,
     timing_cache_path: str | os.PathLike | None = None,
     key: str | None = None,
 ) -> Path:
@@ -242,7 +242,7 @@ def build_or_reuse(
     *,
     cache_dir: str | os.PathLike,
     precision: str = "fp32",
-    workspace_gb: float = 2.0,
+    workspace_gb: float = 1.0,
 ) -> Path:
     """The cached engine for ``onnx_path`` on this GPU, building it first when needed."""
     action, path, key = decide(cache_dir, onnx_path, precision=precision)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", required=True, type=Path, help="static-shape ONNX from training/export.py")
     parser.add_argument("--cache-dir", required=True, type=Path, help="engine cache directory")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--workspace-gb", type=float, default=2.0, help="TensorRT builder workspace limit")
+    parser.add_argument("--workspace-gb", type=float, default=1.0, help="TensorRT builder workspace limit")
     parser.add_argument("--dry-run", action="store_true", help="print the decision, build nothing")
     parser.add_argument("--gpu-name", help="(dry run) assume this GPU instead of querying CUDA")
     parser.add_argument("--compute-capability", help="(dry run) assume this compute capability, e.g. 8.7")

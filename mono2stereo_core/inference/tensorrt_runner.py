@@ -8,6 +8,7 @@ uses, and pycuda needs a full CUDA toolkit to build (it does not install on Jets
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,9 @@ class TensorRTRunner(StereoRunner):
             self.context.set_tensor_address(name, self._buffers[name].data_ptr())
         self._stream = torch.cuda.Stream(self.device)
         self._torch = torch
+        # One execution context and one set of bound buffers: concurrent callers (a multi-threaded ROS
+        # executor) must take turns or they would overwrite each other's inputs mid-inference.
+        self._lock = threading.Lock()
         super().__init__(
             # Without the build record the stride is unknown: 1 makes any size other than the engine's resize.
             stride=record.stride if record is not None else 1,
@@ -110,20 +114,26 @@ class TensorRTRunner(StereoRunner):
 
     def infer(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
-        with torch.cuda.stream(self._stream):
+        with self._lock, torch.cuda.stream(self._stream):
             for name, array in (("left", left), ("right", right)):
                 buffer = self._buffers[name]
                 buffer.copy_(torch.from_numpy(array).to(self.device, non_blocking=True).to(buffer.dtype))
             if not self.context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.path}")
+            # .cpu() copies on this stream and waits for it, so the results are complete when returned.
             disparity = self._buffers["disparity"].float().cpu()
             confidence = self._buffers["confidence"].float().cpu()
-        self._stream.synchronize()
         return disparity.numpy(), confidence.numpy()
 
 
 def _torch_dtype(trt_dtype, trt, torch):
-    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.int8: torch.int8}
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT64: torch.int64,
+        trt.DataType.BOOL: torch.bool,
+    }
     if trt_dtype not in table:
         raise ValueError(f"unsupported TensorRT tensor dtype {trt_dtype}")
     return table[trt_dtype]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,8 @@ class TorchRunner(StereoRunner):
         self.model = model.eval().to(device=device, dtype=self.dtype)
         self.cuda_graphs = cuda_graphs
         self._graphs: dict[tuple[int, ...], tuple] = {}
+        # A captured graph owns static input/output buffers: replays from two threads must not interleave.
+        self._graph_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(
@@ -106,13 +109,14 @@ class TorchRunner(StereoRunner):
 
     def _replay(self, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = tuple(left.shape)
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(key)
-        graph, static_left, static_right, static_out = self._graphs[key]
-        static_left.copy_(left)
-        static_right.copy_(right)
-        graph.replay()
-        return static_out[0].clone(), static_out[1].clone()
+        with self._graph_lock:
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(key)
+            graph, static_left, static_right, static_out = self._graphs[key]
+            static_left.copy_(left)
+            static_right.copy_(right)
+            graph.replay()
+            return static_out[0].clone(), static_out[1].clone()
 
     def _capture(self, shape: tuple[int, ...]) -> tuple:
         static_left = torch.zeros(shape, device=self.device, dtype=self.dtype)

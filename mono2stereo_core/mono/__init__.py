@@ -42,8 +42,8 @@ __all__ = [
 
 
 def default_weights_dir() -> Path:
-    """Where short model names resolve: ``$MONO2STEREO_WEIGHTS`` if set, else ``./weights``."""
-    return Path(os.environ.get("MONO2STEREO_WEIGHTS", "weights"))
+    """Where short model names resolve: ``$MONO2STEREO_MONO_WEIGHTS`` if set, else ``./weights``."""
+    return Path(os.environ.get("MONO2STEREO_MONO_WEIGHTS", "weights"))
 
 
 def load_mono_depth(

@@ -46,11 +46,13 @@ class SynthesisConfig:
     """All knobs of the stage-1 pipeline; :meth:`from_dict` reads the ``synthesis:`` YAML section.
 
     Disparity scale (pixels at the synthesis resolution): the nearest point of a scene gets
-    ``max_disparity * U(scale_range)``, and with probability ``out_of_range_prob``
-    ``max_disparity * U(out_of_range_scale)`` instead (beyond the network's range).
+    ``m * U(scale_range)``, and with probability ``out_of_range_prob`` ``m * U(out_of_range_scale)`` instead
+    (beyond the network's range), where ``m = min(max_disparity, max_width_fraction * image width)`` so small
+    images do not get disparities no rig could produce.
     """
 
     max_disparity: float = 192.0
+    max_width_fraction: float = 0.5
     scale_range: tuple[float, float] = (0.1, 1.0)
     out_of_range_prob: float = 0.02
     out_of_range_scale: tuple[float, float] = (1.0, 1.5)
@@ -76,6 +78,8 @@ class SynthesisConfig:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"{name} must be (low, high) with 0 < low <= high, instead got {(lo, hi)}")
+        if not 0.0 < self.max_width_fraction <= 1.0:
+            raise ValueError(f"max_width_fraction must be in (0, 1], instead got {self.max_width_fraction}")
         if not 0.0 <= self.out_of_range_prob <= 1.0:
             raise ValueError(f"out_of_range_prob must be in [0, 1], instead got {self.out_of_range_prob}")
         if not 50.0 <= self.robust_percentile <= 100.0:
@@ -144,7 +148,7 @@ def depth_to_training_disparity(
     maximum at ``config.robust_percentile``) and multiplied by a random scale: the nearest point's
     disparity, ``max_disparity * U(scale_range)``. With probability ``out_of_range_prob`` the scale is drawn
     from ``out_of_range_scale`` instead, so a few pairs exceed the network's range and it learns to
-    saturate rather than wrap around.
+    saturate rather than wrap around. The reference is capped at ``max_width_fraction`` of the image width.
 
     Args:
         prediction: H x W float array.
@@ -189,7 +193,8 @@ def depth_to_training_disparity(
         )
     relative = np.clip(inv / top, 0.0, 1.0)
     lo, hi = config.out_of_range_scale if rng.random() < config.out_of_range_prob else config.scale_range
-    scale = float(config.max_disparity * rng.uniform(lo, hi))
+    reference = min(config.max_disparity, config.max_width_fraction * pred.shape[1])
+    scale = float(reference * rng.uniform(lo, hi))
     return (relative * scale).astype(np.float32), scale
 
 

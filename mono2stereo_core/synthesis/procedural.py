@@ -511,10 +511,12 @@ def _shade_rays(
     ox: float,
     *,
     focal: float,
+    rig_centre: float,
     light: _Lighting,
 ) -> np.ndarray:
     """Linear RGB (N, 3) float32 of N rays ``(x, y, 1)`` from ``(ox, 0, 0)`` that hit primitive ``ids`` at
-    depth ``t``; ``focal`` is the ray density (rays per unit of x), which sets each sample's mip level."""
+    depth ``t``; ``focal`` is the ray density (rays per unit of x), which sets each sample's mip level, and
+    ``rig_centre`` the x of the point midway between the two cameras."""
     out = np.zeros((x.size, 3), dtype=np.float32)
     order = np.argsort(ids, kind="stable")
     bounds = np.searchsorted(ids[order], np.arange(len(prims) + 1))
@@ -522,7 +524,9 @@ def _shade_rays(
         for k, prim in enumerate(prims):
             sel = order[bounds[k] : bounds[k + 1]]
             if sel.size:
-                out[sel] = _shade_primitive(prim, x[sel], y[sel], t[sel], ox, focal=focal, light=light)
+                out[sel] = _shade_primitive(
+                    prim, x[sel], y[sel], t[sel], ox, focal=focal, rig_centre=rig_centre, light=light
+                )
     return out
 
 
@@ -534,6 +538,7 @@ def _shade_primitive(
     ox: float,
     *,
     focal: float,
+    rig_centre: float,
     light: _Lighting,
 ) -> np.ndarray:
     lx, ly, lz = (float(v) for v in light.direction)
@@ -548,7 +553,11 @@ def _shade_primitive(
     flip = np.where(facing > 0, np.float32(-1), np.float32(1))
     n = [ni * flip for ni in n]
     dnorm = np.sqrt(x * x + y * y + 1.0)
-    cos_view = np.abs(facing) / dnorm
+    # The mip level is measured from the rig's centre, not from this camera: a level picked per view would
+    # flip at different points in the two views and break photo-consistency where the texture is busy.
+    vx, vy = ox + t * x - rig_centre, t * y
+    dist = np.sqrt(vx * vx + vy * vy + t * t)
+    cos_view = np.abs(n[0] * vx + n[1] * vy + n[2] * t) / dist
     mat = prim.material
     ca, sa = math.cos(mat.angle), math.sin(mat.angle)
     inv_texel = 1.0 / mat.texel_size
@@ -556,7 +565,7 @@ def _shade_primitive(
     tv = (sa * s + ca * q) * inv_texel + mat.offset[1]
     # Mip level from the ray footprint on the surface. Isotropic mip-mapping uses the long axis of the footprint
     # (blurry at grazing angles, as with a real lens) rather than the short one (aliasing moire).
-    footprint = t * dnorm / (focal * np.maximum(cos_view, 0.05) * mat.texel_size)
+    footprint = dist / (focal * np.maximum(cos_view, 0.05) * mat.texel_size)
     # +0.5 biases towards the blurrier level, like a real lens's MTF: detail right at Nyquist only aliases.
     level = np.log2(np.maximum(footprint, 1e-6)) + 0.5
     albedo = mat.texture.sample(tu, tv, level)
@@ -583,6 +592,7 @@ def _render_view(
     ox: float,
     *,
     supersample: int,
+    rig_centre: float,
     light: _Lighting,
 ) -> np.ndarray:
     """Anti-aliased linear RGB (H, W, 3) float32 of the view from ``(ox, 0, 0)``.
@@ -614,7 +624,15 @@ def _render_view(
         edge |= (d_hi - d_lo) > 0.05 * depth
     rr, cc = np.nonzero(~edge)
     image[rr, cc] = _shade_rays(
-        prims, xs[cc], ys[rr], depth[rr, cc], ids[rr, cc], ox, focal=intr.fx, light=light
+        prims,
+        xs[cc],
+        ys[rr],
+        depth[rr, cc],
+        ids[rr, cc],
+        ox,
+        focal=intr.fx,
+        rig_centre=rig_centre,
+        light=light,
     )
     if edge.any():
         er, ec = np.nonzero(edge)
@@ -622,7 +640,15 @@ def _render_view(
         sr = np.repeat(er[:, None, None] * ss + sub[None, :, None], ss, axis=2).ravel()
         sc = np.repeat(ec[:, None, None] * ss + sub[None, None, :], ss, axis=1).ravel()
         colours = _shade_rays(
-            prims, xs_s[sc], ys_s[sr], depth_s[sr, sc], ids_s[sr, sc], ox, focal=intr.fx * ss, light=light
+            prims,
+            xs_s[sc],
+            ys_s[sr],
+            depth_s[sr, sc],
+            ids_s[sr, sc],
+            ox,
+            focal=intr.fx * ss,
+            rig_centre=rig_centre,
+            light=light,
         )
         image[er, ec] = colours.reshape(er.size, ss * ss, 3).mean(axis=1)
     return image
@@ -969,7 +995,7 @@ def _sample_photometry(rng: np.random.Generator, cfg: SceneConfig) -> _Photometr
     base = rng.uniform(0.7, 1.0)  # relative to auto-exposure
     j = cfg.exposure_jitter
     gamma = rng.uniform(0.85, 1.15)
-    vig = rng.uniform(0.0, 0.3)
+    vig = rng.uniform(0.0, 0.12)  # corner fall-off; real rectified pairs show a few percent
     return _Photometry(
         exposure=(base * (1 + rng.uniform(-j, j) / 2), base * (1 + rng.uniform(-j, j) / 2)),
         white_balance=(1 + rng.uniform(-0.01, 0.01, size=3), 1 + rng.uniform(-0.01, 0.01, size=3)),
@@ -1057,7 +1083,9 @@ def _render(
     occlusion = (seen_depth < left_depth * (1 - _OCCLUSION_RTOL)) | (u_right < -0.5) | (u_right > w - 0.5)
 
     linear = [
-        _render_view(prims, intr, centre, ox, supersample=supersample, light=light)
+        _render_view(
+            prims, intr, centre, ox, supersample=supersample, rig_centre=baseline_units / 2, light=light
+        )
         for ox, centre in ((0.0, left), (baseline_units, right))
     ]
     # Auto-exposure as a camera pair would do it: one gain, metered on the left view's highlights.
