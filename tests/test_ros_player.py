@@ -51,7 +51,7 @@ def test_player_replays_with_rate_restamp_and_exits(bag, tmp_path):
         proc = NodeProcess(
             "mono2stereo.player",
             [str(path), "--rate", "2", "--restamp", "--exit-when-done", "--wait-for-subscribers", "/cam/left/image_rect",
-             "--remap", "/left/image_rect:=/cam/left/image_rect", "/left/camera_info:=/cam/left/camera_info"],
+             "--ros-args", "-r", "/left/image_rect:=/cam/left/image_rect", "-r", "/left/camera_info:=/cam/left/camera_info"],
             domain_id=DOMAIN_ID,
             log_path=tmp_path / "player.log",
         )

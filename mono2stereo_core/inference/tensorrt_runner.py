@@ -66,8 +66,11 @@ class TensorRTRunner(StereoRunner):
         self.device = torch.device("cuda", device_index)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        with torch.cuda.device(self.device):
-            self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        try:
+            with torch.cuda.device(self.device):
+                self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        except Exception:  # some TensorRT builds raise instead of returning None on a foreign engine
+            self.engine = None
         if self.engine is None:
             raise RuntimeError(
                 f"TensorRT {trt.__version__} could not deserialize {path} on {gpu.name} (built by another "

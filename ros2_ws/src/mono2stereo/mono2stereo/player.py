@@ -4,7 +4,9 @@ For machines without ``ros2 bag play`` (rosbag2_py is not on PyPI), for the demo
 read serialized with ``rosbags`` and published as raw CDR, so nothing is deserialized on the way.
 
     python -m mono2stereo.player recorded/session_x --rate 2 --restamp --exit-when-done \\
-        --wait-for-subscribers /left/image_rect
+        --wait-for-subscribers /left/image_rect --ros-args -r /left/image_rect:=/stereo/left/image_rect
+
+Topics are renamed with ordinary ROS remapping (``--ros-args -r FROM:=TO``).
 
 From Python (what the demo and tests drive)::
 
@@ -195,7 +197,6 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--loop", action="store_true", help="start over at the end")
     parser.add_argument("--restamp", action="store_true", help="rewrite header stamps to the playback time")
     parser.add_argument("--topics", nargs="+", default=None, help="only these recorded topics")
-    parser.add_argument("--remap", nargs="+", default=[], metavar="FROM:=TO", help="rename published topics")
     parser.add_argument("--qos-depth", type=int, default=10, help="reliable publisher history depth")
     parser.add_argument(
         "--wait-for-subscribers", nargs="+", default=[], metavar="TOPIC",
@@ -207,15 +208,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         "--exit-when-done", action="store_true",
         help="exit after the last message (default: keep the publishers alive until Ctrl-C)",
     )
-    args = parser.parse_args(argv)
-    remap = {}
-    for item in args.remap:
-        if ":=" not in item:
-            parser.error(f"--remap expects FROM:=TO, instead got {item!r}")
-        src, dst = item.split(":=", 1)
-        remap[src] = dst
-    args.remap = remap
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     try:
         player = BagPlayer(
-            node, args.bag, rate=args.rate, loop=args.loop, topics=args.topics, remap=args.remap,
+            node, args.bag, rate=args.rate, loop=args.loop, topics=args.topics,
             restamp=args.restamp, qos_depth=args.qos_depth,
         )
         if args.wait_for_subscribers and not player.wait_for_subscribers(
