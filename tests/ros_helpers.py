@@ -24,7 +24,7 @@ if str(PACKAGE_SRC) not in sys.path:
     sys.path.insert(0, str(PACKAGE_SRC))
 
 import rclpy  # noqa: E402
-from mono2stereo.conversions import stamp_to_ns  # noqa: E402
+from mono2stereo.conversions import stamp_to_ns, uint8_array  # noqa: E402
 from mono2stereo.diagnostics import level_of  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -34,7 +34,7 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from mono2stereo_core.geometry import StereoCamera  # noqa: E402
 
-__all__ = ["stamp_to_ns", "level_of"]  # re-exported: test modules import the package through this file
+__all__ = ["stamp_to_ns", "level_of", "uint8_array"]  # re-exported: test modules import the package through this file
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -168,7 +168,8 @@ def image_msg(array: np.ndarray, *, encoding: str, stamp_ns: int, frame_id: str)
     msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
     msg.encoding = encoding
     if array.size:
-        msg.step, msg.data = encode_image(array, encoding)
+        step, data = encode_image(array, encoding)
+        msg.step, msg.data = step, uint8_array(data)
     return msg
 
 

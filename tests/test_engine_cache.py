@@ -15,6 +15,7 @@ from mono2stereo_core.inference.engine_cache import (
     EngineRecord,
     GpuInfo,
     cache_key,
+    check_engine_compatible,
     decide,
     engine_path_for,
     file_sha256,
@@ -188,3 +189,13 @@ def test_cli_reports_bad_onnx_with_exit_1(tmp_path, capsys):
                               "--gpu-name", "Orin", "--compute-capability", "8.7", "--trt-version", TRT])
     assert code == 1
     assert "bad.onnx: expected inputs" in capsys.readouterr().err
+
+
+def test_engine_for_another_gpu_or_tensorrt_names_the_rebuild_command(tmp_path):
+    onnx_path = stereo_onnx(tmp_path / "m.onnx")
+    _, engine = fake_build(tmp_path / "cache", onnx_path, precision="fp16")
+    check_engine_compatible(engine, gpu_info=ORIN, trt_version=TRT)  # its own machine: fine
+    with pytest.raises(RuntimeError, match=r"built for TensorRT 10.3.0 \(here 10.7.0\).*engine_cache --onnx .*m.onnx"):
+        check_engine_compatible(engine, gpu_info=ORIN, trt_version="10.7.0")
+    with pytest.raises(RuntimeError, match=r"GPU Orin sm 8.7 \(here NVIDIA RTX A2000 sm 8.6\).*--precision fp16"):
+        check_engine_compatible(engine, gpu_info=GpuInfo("NVIDIA RTX A2000", "8.6"), trt_version=TRT)

@@ -15,7 +15,7 @@ from rosbags.highlevel import AnyReader
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import SetBool
 
-from mono2stereo_core.bags import recover_bag
+from mono2stereo_core.bags import StereoBagReader, recover_bag
 from mono2stereo_core.geometry import StereoCamera
 
 pytestmark = pytest.mark.ros
@@ -171,6 +171,10 @@ def test_service_sessions_throttle_split_extras_and_sigterm(client, tmp_path):
     counts = count_with_mcap(second[0])
     assert counts["/left/image_rect"] == counts["/right/image_rect"] == 3  # 6 pairs, every other kept
     assert len(read_with_rosbags(second[0])["/left/image_rect"]) == 3
+    # What training/finetune.py reads: pairs with their calibration.
+    with StereoBagReader(second[0]) as reader:
+        assert len(reader) == 3
+        assert reader[0].camera.baseline == pytest.approx(0.12)
 
 
 def test_kill_9_leaves_a_recoverable_bag(client, tmp_path):

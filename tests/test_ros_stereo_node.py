@@ -489,3 +489,52 @@ def test_approximate_sync_pairs_within_slop_and_reports_missing_camera_info(mode
         for sub in subs:
             client.node.destroy_subscription(sub)
         assert proc.stop() == 0, proc.log()
+
+
+def test_node_runs_an_exported_onnx_model(model, client, diagnostics, tmp_path):
+    """The deployment path: a .onnx (static 184x128, exported from the checkpoint) runs on onnxruntime."""
+    from mono2stereo_core.inference.export import export_onnx
+    from mono2stereo_core.models import load_model
+
+    net, _ = load_model(model)
+    onnx_path = export_onnx(net, tmp_path / "m2s_tiny.onnx", height=128, width=184)
+    ns = "/onnx"
+    proc = NodeProcess(
+        "mono2stereo.stereo_node",
+        ros_args({"model_path": str(onnx_path), "backend": "auto"}, namespace=ns, name="onnx_node"),
+        domain_id=DOMAIN_ID,
+        log_path=tmp_path / "onnx_node.log",
+    )
+    rig = Rig(client, ns)
+    received, subs = subscribe_outputs(client, ns)
+    try:
+        rig.wait_for_node()
+        wait_for_publishers_to_see(client, ns, ["disparity"])
+        stamp_ns = rig.send_pair()
+        assert wait_until(lambda: any(stamp_to_ns(m.header.stamp) == stamp_ns for m in received["disparity"]), timeout=30), proc.log()
+        msg = received["disparity"][-1]
+        assert (msg.image.height, msg.image.width) == (HEIGHT, WIDTH)
+        assert wait_until(lambda: (latest_diag(diagnostics, "onnx_node") or (0, "", {}))[2].get("backend") == "onnxruntime", timeout=5)
+    finally:
+        for sub in subs:
+            client.node.destroy_subscription(sub)
+        assert proc.stop() == 0, proc.log()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"points_decimation": 0}, "points_decimation out of range"),
+        ({"min_depth": 60.0}, "min_depth must be < max_depth"),
+        ({"model_path": "/nonexistent/model.onnx"}, "/nonexistent/model.onnx does not exist"),
+    ],
+)
+def test_bad_configuration_exits_with_a_clear_message(model, params, message, tmp_path):
+    proc = NodeProcess(
+        "mono2stereo.stereo_node",
+        ros_args({"model_path": str(model), **params}, name="misconfigured"),
+        domain_id=DOMAIN_ID,
+        log_path=tmp_path / "node.log",
+    )
+    assert proc.wait(timeout=60) == 1
+    assert message in proc.log() and "Traceback" not in proc.log()

@@ -270,6 +270,30 @@ def rebuild_command(onnx_path: str | os.PathLike | None, *, precision: str = "fp
     )
 
 
+def check_engine_compatible(engine_path: str | os.PathLike, *, gpu_info: GpuInfo, trt_version: str) -> None:
+    """Raises RuntimeError with the rebuild command when the engine's record names another TensorRT or GPU.
+
+    Engines without a record (built by other tools) pass; TensorRT itself then refuses foreign engines at
+    deserialization, which the runner reports the same way.
+    """
+    record = read_record(engine_path)
+    if record is None:
+        return
+    mismatch = []
+    if record.tensorrt_version != trt_version:
+        mismatch.append(f"TensorRT {record.tensorrt_version} (here {trt_version})")
+    if (record.gpu_name, record.compute_capability) != (gpu_info.name, gpu_info.compute_capability):
+        mismatch.append(
+            f"GPU {record.gpu_name} sm {record.compute_capability} "
+            f"(here {gpu_info.name} sm {gpu_info.compute_capability})"
+        )
+    if mismatch:
+        raise RuntimeError(
+            f"engine {engine_path} was built for {' and '.join(mismatch)}; rebuild it on this machine: "
+            f"{rebuild_command(record.onnx_path, precision=record.precision)}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mono2stereo_core.inference.engine_cache",

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mono2stereo_core.inference.engine_cache import query_gpu, read_record, rebuild_command
+from mono2stereo_core.inference.engine_cache import (
+    check_engine_compatible,
+    query_gpu,
+    read_record,
+    rebuild_command,
+)
 from mono2stereo_core.inference.export import INPUT_NAMES, OUTPUT_NAMES
 from mono2stereo_core.inference.runner import StereoRunner
 
@@ -50,19 +55,7 @@ class TensorRTRunner(StereoRunner):
         record = read_record(path)
         precision = record.precision if record is not None else "fp32"
         onnx_path = record.onnx_path if record is not None else None
-        if record is not None:
-            mismatch = []
-            if record.tensorrt_version != trt.__version__:
-                mismatch.append(f"TensorRT {record.tensorrt_version} (here {trt.__version__})")
-            if (record.gpu_name, record.compute_capability) != (gpu.name, gpu.compute_capability):
-                mismatch.append(
-                    f"GPU {record.gpu_name} sm {record.compute_capability} (here {gpu.name} sm {gpu.compute_capability})"
-                )
-            if mismatch:
-                raise RuntimeError(
-                    f"engine {path} was built for {' and '.join(mismatch)}; rebuild it on this machine: "
-                    f"{rebuild_command(onnx_path, precision=precision)}"
-                )
+        check_engine_compatible(path, gpu_info=gpu, trt_version=trt.__version__)
         self.device = torch.device("cuda", device_index)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

@@ -93,8 +93,7 @@ def running_extreme(x: torch.Tensor, radius: int, *, largest: bool = True) -> to
 def push_pull_fill(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Fills every pixel from the weighted pixels around it with a push-pull pyramid.
 
-    Push: halve the resolution with 2x2 weighted means (``sum(v*w) / sum(w)``) until the image is a few
-    pixels wide. Pull: from the coarsest level up, pixels with no weight at a level take the bilinear
+    Push: halve the resolution with 2x2 weighted means (``sum(v*w) / sum(w)``) down to one pixel. Pull: from the coarsest level up, pixels with no weight at a level take the bilinear
     upsampling of the filled level below. Cost is O(H*W) whatever the hole size, unlike Jacobi diffusion.
 
     Args:
@@ -105,9 +104,10 @@ def push_pull_fill(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         N x C x H x W: ``values`` where ``weight > 0``, interpolated elsewhere (0 if no weight at all).
     """
     sums, weights = [values * weight], [weight]
-    while min(sums[-1].shape[-2:]) > 4:
+    while max(sums[-1].shape[-2:]) > 1:
         sums.append(F.avg_pool2d(sums[-1], 2, ceil_mode=True))
         weights.append(F.avg_pool2d(weights[-1], 2, ceil_mode=True))
+    # The 1 x 1 top is the weighted mean of the whole image (0 when nothing has weight).
     filled = sums[-1] / weights[-1].clamp_min(1e-12)
     for v, w in zip(reversed(sums[:-1]), reversed(weights[:-1])):
         up = F.interpolate(filled, size=v.shape[-2:], mode="bilinear", align_corners=False)
@@ -182,6 +182,7 @@ def edge_aware_inpaint(
     surface_tolerance: float = 1.0,
     open_side: str = "right",
     background_radius: int = 8,
+    relative_tolerance: float = 0.1,
     texture_mix: float = 0.3,
     texture: torch.Tensor | None = None,
     texture_alpha: float = 0.5,
@@ -201,8 +202,11 @@ def edge_aware_inpaint(
         surface_tolerance: disparity difference (px) under which two pixels count as the same surface.
         open_side: ``"right"`` for left -> right warps (disocclusions open right of foreground), ``"left"``
             for right -> left warps; only used to break ties between equally far anchors.
-        background_radius: pixels around a hole (horizontally and vertically) in which surfaces nearer than
-            the hole's background anchor are excluded from the diffusion.
+        background_radius: radius (pixels, horizontal and vertical) of the neighbourhood whose farthest
+            covered surface sets a hole's background level; surfaces nearer than that level (+ tolerance)
+            within the radius are occluders and are excluded from the diffusion.
+        relative_tolerance: part of the "same surface" tolerance proportional to the background disparity
+            (slanted backgrounds change disparity across the neighbourhood).
         texture_mix: weight of the mirrored row texture against the smooth pyramid fill, in [0, 1]
             (1 = pure row mirroring, 0 = pure background diffusion).
         texture: optional N x C x H x W image whose mean/std-matched detail is blended into the holes.
@@ -249,6 +253,19 @@ def edge_aware_inpaint(
     anchor_c = anchor.clamp(0, w - 1)
     d_anchor = disp.gather(-1, anchor_c)
 
+    # Background level of each hole. With a clear depth step between its two ends, the farther end is the
+    # surface the hole belongs to (also in three-layer stacks). Without one (both ends on foreground bars
+    # of a fence or grid, or a single end) the farthest covered surface within background_radius (2-D)
+    # is used instead.
+    far = 1e9
+    nearby_far = _pick(covered, disp, far)
+    nearby_far = running_extreme(nearby_far, background_radius, largest=False)
+    nearby_far = running_extreme(nearby_far.transpose(-1, -2), background_radius, largest=False).transpose(-1, -2)
+    step = has_left & has_right & ((d_left - d_right).abs() > surface_tolerance + relative_tolerance * d_anchor)
+    level = _pick(step, d_anchor, torch.minimum(nearby_far, d_anchor))
+    tolerance = surface_tolerance + relative_tolerance * level
+    anchor_is_background = d_anchor <= level + tolerance
+
     # Mirror the background about the anchor: x = anchor -+ k reads anchor +- (k - 1).
     mirror = _pick(use_right, 2 * anchor - 1 - xs, 2 * anchor + 1 - xs)
     mirror_c = mirror.clamp(0, w - 1)
@@ -256,17 +273,18 @@ def edge_aware_inpaint(
     mirror_ok = (mirror == mirror_c) & source.gather(-1, mirror_c) & same_surface
     src = _pick(mirror_ok, mirror_c, anchor_c)
     mirrored = image.gather(-1, src.expand(n, c, h, w))
-    filled_disp = _pick(fillable, d_anchor, disp)
+    filled_disp = _pick(fillable, _pick(anchor_is_background, d_anchor, level), disp)
 
-    # Occluders: covered pixels nearer than the background anchor of any hole within background_radius.
-    # Holes carry their anchor's disparity, everything else a huge value; then a separable 2-D running min.
-    far = 1e9
-    hole_bg = _pick(fillable, d_anchor, far)
+    # Occluders: covered pixels nearer than the background level of any hole within background_radius.
+    # Holes carry their level + tolerance, everything else a huge value; then a separable 2-D running min.
+    hole_bg = _pick(fillable, level + tolerance, far)
     hole_bg = running_extreme(hole_bg, background_radius, largest=False)
     hole_bg = running_extreme(hole_bg.transpose(-1, -2), background_radius, largest=False).transpose(-1, -2)
-    background = source & (disp <= hole_bg + surface_tolerance)
+    background = source & (disp <= hole_bg)
     diffused = push_pull_fill(image, background.to(image.dtype))
-    fill = diffused if texture_mix == 0 else torch.lerp(diffused, mirrored, texture_mix)
+    # Row texture only where the anchor is on the background surface; elsewhere pure diffusion.
+    mix = texture_mix * anchor_is_background.to(image.dtype)
+    fill = torch.lerp(diffused, mirrored, mix)
     # Holes on rows with nothing to copy from (fully empty rows) still get the 2-D diffusion.
     out = _pick(holes, fill, image)
 

@@ -23,6 +23,7 @@ screen rectangle of its projected bounding box, and shaded only where it won the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ _DEFAULT_WEIGHTS: dict[str, float] = {
 }
 _NEAR = 1e-3  # rays start this far (scene units) from the camera, so surfaces behind it never win
 _Z_NEAR = 1.0  # depth of the nearest content in scene units; the final metric scale is applied afterwards
+_SEQUENCE_PERIOD = 120  # frames per loop of render_sequence's camera path
 _OCCLUSION_RTOL = 1e-4  # relative depth slack for "the right ray hits the same point" under float32 rounding
 
 
@@ -74,6 +76,8 @@ class SceneConfig:
         primitive_weights: relative frequency of each foreground kind (keys from :data:`PRIMITIVE_KINDS`).
         p_ground, p_side_wall, p_ceiling, p_slanted_background: probabilities of the large planes
             (each side wall is drawn independently).
+        p_grounded: probability that a box, sphere or cylinder stands upright on the ground plane (when there
+            is one and the object's pixel sees it) instead of floating.
         p_textureless: probability that a surface gets an almost uniform colour.
         p_photo: probability that a textured surface uses a photograph (else a synthetic pattern).
         p_specular: probability that a surface is glossy (view-dependent highlights).
@@ -91,6 +95,7 @@ class SceneConfig:
     max_disparity_fraction: tuple[float, float] = (0.3, 0.97)
     primitive_weights: Mapping[str, float] = field(default_factory=lambda: dict(_DEFAULT_WEIGHTS))
     p_ground: float = 0.6
+    p_grounded: float = 0.4
     p_side_wall: float = 0.25
     p_ceiling: float = 0.1
     p_slanted_background: float = 0.5
@@ -150,6 +155,7 @@ class SceneConfig:
             )
         for name in (
             "p_ground",
+            "p_grounded",
             "p_side_wall",
             "p_ceiling",
             "p_slanted_background",
@@ -230,7 +236,9 @@ class _Primitive:
         """(K, 3) local points whose convex hull bounds the primitive; None when unbounded."""
         return None
 
+    @functools.cached_property
     def corners(self) -> np.ndarray | None:
+        """(K, 3) bounding points in camera coordinates (cached: primitives are replaced, never mutated)."""
         local = self.local_corners()
         if local is None:
             return None
@@ -321,6 +329,7 @@ class _Plane(_Primitive):
 @dataclass
 class _Box(_Primitive):
     half: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    along_offset: float = 0.0  # texture shift along local y, so segments of one long bar tile seamlessly
 
     def local_corners(self) -> np.ndarray:
         h = np.array(self.half)
@@ -350,8 +359,9 @@ class _Box(_Primitive):
             normals.append(np.where(face == i, np.sign(p[i]), 0).astype(np.float32))
         # Each face gets its own window of the texture (offset by the face index and side).
         side = np.sign(p[0] * (face == 0) + p[1] * (face == 1) + p[2] * (face == 2))
-        s = np.where(face == 0, p[1], p[0]) + (face * 7.3 + side * 3.1) * max(h)
-        q = np.where(face == 2, p[1], p[2])
+        along = p[1] + self.along_offset
+        s = np.where(face == 0, along, p[0]) + (face * 7.3 + side * 3.1) * max(h)
+        q = np.where(face == 2, along, p[2])
         return s, q, tuple(normals)
 
 
@@ -388,6 +398,7 @@ class _Cylinder(_Primitive):
     half_length: float = 1.0
     span: float = 2 * math.pi
     capped: bool = True
+    along_offset: float = 0.0  # texture shift along the axis, so segments of one long bar tile seamlessly
 
     def local_corners(self) -> np.ndarray:
         r = self.radius
@@ -431,7 +442,7 @@ class _Cylinder(_Primitive):
             np.where(on_cap, np.sign(p[2]), 0).astype(np.float32),
         )
         s = np.where(on_cap, p[0], np.arctan2(p[1], p[0]) * r)
-        q = np.where(on_cap, p[1] + 4 * r, p[2])
+        q = np.where(on_cap, p[1] + 4 * r, p[2] + self.along_offset)
         return s, q, n
 
 
@@ -442,7 +453,7 @@ class _Cylinder(_Primitive):
 
 def _screen_rect(prim: _Primitive, xs: np.ndarray, ys: np.ndarray, ox: float) -> tuple[int, int, int, int]:
     """Row and column range (r0, r1, c0, c1) of the sorted ray grid ``xs`` x ``ys`` the primitive can hit."""
-    corners = prim.corners()
+    corners = prim.corners
     if corners is None or np.any(corners[:, 2] <= _NEAR):
         return 0, ys.size, 0, xs.size
     px = (corners[:, 0] - ox) / corners[:, 2]
@@ -514,19 +525,30 @@ def _shade_rays(
     rig_centre: float,
     light: _Lighting,
 ) -> np.ndarray:
-    """Linear RGB (N, 3) float32 of N rays ``(x, y, 1)`` from ``(ox, 0, 0)`` that hit primitive ``ids`` at
-    depth ``t``; ``focal`` is the ray density (rays per unit of x), which sets each sample's mip level, and
-    ``rig_centre`` the x of the point midway between the two cameras."""
-    out = np.zeros((x.size, 3), dtype=np.float32)
-    order = np.argsort(ids, kind="stable")
+    """Linear RGB (3, N) float32 (one row per channel) of N rays ``(x, y, 1)`` from ``(ox, 0, 0)`` that hit
+    primitive ``ids`` at depth ``t``; ``focal`` is the ray density (rays per unit of x), which sets each
+    sample's mip level, and ``rig_centre`` the x of the point midway between the two cameras."""
+    out = np.zeros((3, x.size), dtype=np.float32)
+    order = np.argsort(ids, kind="stable")  # radix sort for int16
     bounds = np.searchsorted(ids[order], np.arange(len(prims) + 1))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for k, prim in enumerate(prims):
             sel = order[bounds[k] : bounds[k + 1]]
-            if sel.size:
-                out[sel] = _shade_primitive(
-                    prim, x[sel], y[sel], t[sel], ox, focal=focal, rig_centre=rig_centre, light=light
-                )
+            if sel.size == 0:
+                continue
+            # np.take/np.put on 1-D arrays: several times faster than fancy indexing for these sizes.
+            rgb = _shade_primitive(
+                prim,
+                np.take(x, sel),
+                np.take(y, sel),
+                np.take(t, sel),
+                ox,
+                focal=focal,
+                rig_centre=rig_centre,
+                light=light,
+            )
+            for c in range(3):
+                np.put(out[c], sel, rgb[c])
     return out
 
 
@@ -541,6 +563,7 @@ def _shade_primitive(
     rig_centre: float,
     light: _Lighting,
 ) -> np.ndarray:
+    """(3, N) linear RGB of one primitive's hits."""
     lx, ly, lz = (float(v) for v in light.direction)
     o = prim._origin(ox)
     dl = [prim._direction(i, x, y) for i in range(3)]
@@ -568,21 +591,25 @@ def _shade_primitive(
     footprint = dist / (focal * np.maximum(cos_view, 0.05) * mat.texel_size)
     # +0.5 biases towards the blurrier level, like a real lens's MTF: detail right at Nyquist only aliases.
     level = np.log2(np.maximum(footprint, 1e-6)) + 0.5
-    albedo = mat.texture.sample(tu, tv, level)
-    albedo = np.clip(albedo * mat.gain + mat.bias, 0.02, 0.95)
-    diffuse = np.maximum(n[0] * lx + n[1] * ly + n[2] * lz, 0)
-    radiance = albedo * (light.ambient + (1 - light.ambient) * diffuse)[:, None]
+    albedo = mat.texture.sample_planes(tu, tv, level)
+    shade = light.ambient + (1 - light.ambient) * np.maximum(n[0] * lx + n[1] * ly + n[2] * lz, 0)
+    highlight = None
     if mat.specular > 0:
         # Blinn-Phong: the half vector depends on the viewing ray, so highlights differ between the views.
         hx, hy, hz = lx - x / dnorm, ly - y / dnorm, lz - 1.0 / dnorm
         hn = np.sqrt(hx * hx + hy * hy + hz * hz)
         ndoth = np.maximum((n[0] * hx + n[1] * hy + n[2] * hz) / hn, 0)
-        radiance = radiance + (mat.specular * ndoth**mat.shininess)[:, None]
-    radiance = radiance * light.colour
-    if math.isfinite(light.haze_distance):
-        keep = np.exp(-(t * dnorm) / light.haze_distance)[:, None]
-        radiance = radiance * keep + light.haze_colour * (1 - keep)
-    return radiance
+        highlight = mat.specular * ndoth**mat.shininess
+    keep = np.exp(-(t * dnorm) / light.haze_distance) if math.isfinite(light.haze_distance) else None
+    for c in range(3):
+        rad = np.clip(albedo[c] * float(mat.gain[c]) + float(mat.bias[c]), 0.02, 0.95) * shade
+        if highlight is not None:
+            rad += highlight
+        rad *= float(light.colour[c])
+        if keep is not None:
+            rad = rad * keep + float(light.haze_colour[c]) * (1 - keep)
+        albedo[c] = rad
+    return albedo
 
 
 def _render_view(
@@ -605,7 +632,6 @@ def _render_view(
     w, h, ss = intr.width, intr.height, supersample
     depth, ids = centre
     xs, ys = intr.ray_x(w), intr.ray_y(h)
-    image = np.empty((h, w, 3), dtype=np.float32)
     if ss == 1:
         edge = np.zeros((h, w), dtype=bool)
     else:
@@ -622,36 +648,42 @@ def _render_view(
                 np.maximum(d_hi, depth_s[i::ss, j::ss], out=d_hi)
         # Same primitive but a depth jump: an open curved panel seen over itself.
         edge |= (d_hi - d_lo) > 0.05 * depth
-    rr, cc = np.nonzero(~edge)
-    image[rr, cc] = _shade_rays(
+    image = np.empty((3, h * w), dtype=np.float32)
+    inner = np.flatnonzero(~edge)
+    rgb = _shade_rays(
         prims,
-        xs[cc],
-        ys[rr],
-        depth[rr, cc],
-        ids[rr, cc],
+        np.take(xs, inner % w),
+        np.take(ys, inner // w),
+        np.take(depth, inner),
+        np.take(ids, inner),
         ox,
         focal=intr.fx,
         rig_centre=rig_centre,
         light=light,
     )
-    if edge.any():
-        er, ec = np.nonzero(edge)
+    for c in range(3):
+        np.put(image[c], inner, rgb[c])
+    outer = np.flatnonzero(edge)
+    if outer.size:
         sub = np.arange(ss)
-        sr = np.repeat(er[:, None, None] * ss + sub[None, :, None], ss, axis=2).ravel()
-        sc = np.repeat(ec[:, None, None] * ss + sub[None, None, :], ss, axis=1).ravel()
-        colours = _shade_rays(
+        sr = ((outer // w)[:, None, None] * ss + sub[None, :, None]).repeat(ss, axis=2).ravel()
+        sc = ((outer % w)[:, None, None] * ss + sub[None, None, :]).repeat(ss, axis=1).ravel()
+        flat_s = sr * (w * ss) + sc
+        rgb = _shade_rays(
             prims,
-            xs_s[sc],
-            ys_s[sr],
-            depth_s[sr, sc],
-            ids_s[sr, sc],
+            np.take(xs_s, sc),
+            np.take(ys_s, sr),
+            np.take(depth_s, flat_s),
+            np.take(ids_s, flat_s),
             ox,
             focal=intr.fx * ss,
             rig_centre=rig_centre,
             light=light,
         )
-        image[er, ec] = colours.reshape(er.size, ss * ss, 3).mean(axis=1)
-    return image
+        mean = rgb.reshape(3, outer.size, ss * ss).mean(axis=2)
+        for c in range(3):
+            np.put(image[c], outer, mean[c])
+    return np.ascontiguousarray(image.reshape(3, h, w).transpose(1, 2, 0))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -730,6 +762,8 @@ class _Layout:
         self.intr = intr
         self.photos = available_photos() if cfg.p_photo > 0 else ()
         self.prims: list[_Primitive] = []
+        self.ground: tuple[np.ndarray, float] | None = None  # (unit normal pointing down, offset): n . p = c
+        self.last_plane: tuple[np.ndarray, float] | None = None
 
     def pixel_size(self, depth: float) -> float:
         """Scene units covered by one pixel at ``depth``."""
@@ -774,6 +808,7 @@ class _Layout:
         c = float(reach.max()) * min_depth
         mat = self.material(size=typical_depth, depth=typical_depth)
         self.prims.append(_Plane(_frame_from_normal(n, self.rng.uniform(0, 2 * math.pi)), n * c, mat))
+        self.last_plane = (n, c)
         return True
 
     def build(self) -> list[_Primitive]:
@@ -792,9 +827,10 @@ class _Layout:
         if rng.random() < cfg.p_ground:
             pitch = rng.uniform(-0.05, 0.45)  # camera pitched down by this much (rad)
             down = _axis_rotation(2, roll) @ np.array([0.0, math.cos(pitch), math.sin(pitch)])
-            self.add_plane(
+            if self.add_plane(
                 down, _log_uniform(rng, 0.6, 3.0) * _Z_NEAR, typical_depth=rng.uniform(2, 6) * _Z_NEAR
-            )
+            ):
+                self.ground = self.last_plane
         for side in (-1.0, 1.0):
             if rng.random() < cfg.p_side_wall:
                 yaw = rng.uniform(-0.5, 0.25)
@@ -810,7 +846,7 @@ class _Layout:
         kinds = [k for k in PRIMITIVE_KINDS if cfg.primitive_weights.get(k, 0) > 0]
         weights = np.array([cfg.primitive_weights[k] for k in kinds], dtype=np.float64)
         count = int(rng.integers(cfg.num_objects[0], cfg.num_objects[1] + 1)) if kinds else 0
-        builders: dict[str, Callable[[float, np.ndarray, float], None]] = {
+        builders: dict[str, Callable[..., None]] = {
             "box": self._box,
             "sphere": self._sphere,
             "cylinder": self._cylinder,
@@ -829,35 +865,51 @@ class _Layout:
             v = rng.uniform(-0.1, 1.1) * self.intr.height
             size = depth * _log_uniform(rng, 0.05, 0.5) * self.intr.width / self.intr.fx
             size = min(size, 1.6 * (depth - 0.8 * _Z_NEAR))  # keep the nearest surface beyond ~_Z_NEAR
-            centre = np.array(
-                [(u - self.intr.cx) / self.intr.fx * depth, (v - self.intr.cy) / self.intr.fy * depth, depth]
-            )
+            ray = np.array([(u - self.intr.cx) / self.intr.fx, (v - self.intr.cy) / self.intr.fy, 1.0])
+            centre = ray * depth
+            grounded = (
+                rng.random() < cfg.p_grounded
+            )  # drawn every time so the config never reshuffles layouts
+            if grounded and self.ground is not None and kind in ("box", "sphere", "cylinder"):
+                # Stand the object on the floor where this pixel's ray meets it (if it does, in range).
+                normal, offset = self.ground
+                reach = float(ray @ normal)
+                t = offset / reach if reach > 1e-6 else math.inf
+                if 1.5 * _Z_NEAR <= t <= 0.8 * z_far:
+                    size = min(t * size / depth, 1.6 * (t - 0.8 * _Z_NEAR))
+                    builders[kind](size, ray * t, t, up=-normal)
+                    continue
             builders[kind](size, centre, depth)
         return self.prims
 
     # Foreground kinds; ``size`` is the rough extent in scene units at ``depth``.
-    def _box(self, size: float, centre: np.ndarray, depth: float) -> None:
-        half = tuple(float(v) for v in size / 2 * self.rng.uniform(0.25, 1.0, size=3))
-        self.prims.append(
-            _Box(_random_rotation(self.rng), centre, self.material(size=size, depth=depth), half=half)
-        )
+    def _upright(self, up: np.ndarray) -> np.ndarray:
+        return _frame_from_normal(up, self.rng.uniform(0, 2 * math.pi))
 
-    def _sphere(self, size: float, centre: np.ndarray, depth: float) -> None:
+    def _box(self, size: float, centre: np.ndarray, depth: float, *, up: np.ndarray | None = None) -> None:
+        half = tuple(float(v) for v in size / 2 * self.rng.uniform(0.25, 1.0, size=3))
+        rot = _random_rotation(self.rng) if up is None else self._upright(up)
+        if up is not None:
+            centre = centre + up * half[2]
+        self.prims.append(_Box(rot, centre, self.material(size=size, depth=depth), half=half))
+
+    def _sphere(self, size: float, centre: np.ndarray, depth: float, *, up: np.ndarray | None = None) -> None:
         mat = self.material(size=size, depth=depth, glossy_bias=0.2)
+        if up is not None:
+            centre = centre + up * (size / 2)
         self.prims.append(_Sphere(_random_rotation(self.rng), centre, mat, radius=size / 2))
 
-    def _cylinder(self, size: float, centre: np.ndarray, depth: float) -> None:
+    def _cylinder(
+        self, size: float, centre: np.ndarray, depth: float, *, up: np.ndarray | None = None
+    ) -> None:
         rng = self.rng
         mat = self.material(size=size, depth=depth, glossy_bias=0.15)
-        self.prims.append(
-            _Cylinder(
-                _random_rotation(rng),
-                centre,
-                mat,
-                radius=size / 2 * rng.uniform(0.15, 0.6),
-                half_length=size / 2 * rng.uniform(0.5, 1.5),
-            )
-        )
+        radius = size / 2 * rng.uniform(0.15, 0.6)
+        half_length = size / 2 * rng.uniform(0.5, 1.5)
+        rot = _random_rotation(rng) if up is None else self._upright(up)
+        if up is not None:
+            centre = centre + up * half_length
+        self.prims.append(_Cylinder(rot, centre, mat, radius=radius, half_length=half_length))
 
     def _curved_panel(self, size: float, centre: np.ndarray, depth: float) -> None:
         rng = self.rng
@@ -943,16 +995,37 @@ class _Layout:
         spacing = self._thin(depth, (4.0, 30.0))
         offset_axis = rot[:, 0]
         mat = self.material(size=size, depth=depth, flat_bias=0.25, glossy_bias=0.2)
-        for i in range(int(rng.integers(1, 5))):
+        for i in range(int(rng.integers(1, 4))):
             radius = self._thin(depth, (0.35, 2.0))
+            self._long_cylinder(
+                rot, centre + i * spacing * offset_axis, mat, radius=radius, length=length, capped=False
+            )
+
+    def _long_cylinder(
+        self,
+        rot: np.ndarray,
+        centre: np.ndarray,
+        mat: _Material,
+        *,
+        radius: float,
+        length: float,
+        capped: bool,
+    ) -> None:
+        """A long thin cylinder as a chain of short ones. Screen-space culling works on bounding rectangles,
+        and a diagonal wire's rectangle is most of the image; its pieces' rectangles are thin strips."""
+        pieces = int(np.clip(length / (24 * radius), 1, 8))
+        piece = length / pieces
+        for k in range(pieces):
+            along = (k + 0.5) * piece - length / 2
             self.prims.append(
                 _Cylinder(
                     rot,
-                    centre + i * spacing * offset_axis,
+                    centre + along * rot[:, 2],
                     mat,
                     radius=radius,
-                    half_length=length / 2,
-                    capped=False,
+                    half_length=piece / 2,
+                    capped=capped,
+                    along_offset=along,
                 )
             )
 
@@ -971,9 +1044,22 @@ class _Layout:
             c = centre + (i - count / 2) * spacing * rot[:, 0]
             if round_bars:
                 bar_rot = rot @ _axis_rotation(0, math.pi / 2)  # cylinder axis along the rack's local y
-                self.prims.append(_Cylinder(bar_rot, c, mat, radius=thick / 2, half_length=length / 2))
+                self._long_cylinder(bar_rot, c, mat, radius=thick / 2, length=length, capped=True)
             else:
-                self.prims.append(_Box(rot, c, mat, half=(thick / 2, length / 2, thick / 2)))
+                # Split like _long_cylinder; the inner faces of the pieces lie inside the bar, never seen.
+                pieces = int(np.clip(length / (8 * thick), 1, 4))
+                piece = length / pieces
+                for k in range(pieces):
+                    along = (k + 0.5) * piece - length / 2
+                    self.prims.append(
+                        _Box(
+                            rot,
+                            c + along * rot[:, 1],
+                            mat,
+                            half=(thick / 2, piece / 2, thick / 2),
+                            along_offset=along,
+                        )
+                    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1205,7 +1291,8 @@ def render_sequence(
     """Yields ``num_frames`` views of scene ``seed`` from a smoothly moving rig (for demos and replay).
 
     The rig (focal length, baseline) and the scene stay fixed; the camera sways sideways and up/down, turns
-    slightly and dollies backwards along a smooth path whose size scales with ``motion`` (0 = static).
+    slightly and dollies back and forth along a smooth path that loops every 120 frames (4 s at 30 Hz) and
+    whose size scales with ``motion`` (0 = static).
     The baseline is chosen so that every frame's disparity stays within ``max_disparity``; each frame has
     fresh sensor noise, so consecutive frames differ like a real video even when static.
     """
@@ -1222,13 +1309,14 @@ def render_sequence(
     look = _sample_photometry(rng, cfg)
     target = rng.uniform(*cfg.max_disparity_fraction) * max_disparity
     metric_baseline = camera.baseline if camera is not None else _log_uniform(rng, *cfg.baseline_m)
-    phases = rng.uniform(0, 2 * math.pi, size=5)
-    cycles = rng.uniform(0.5, 1.5, size=5)
+    phases = rng.uniform(0, 2 * math.pi, size=4)
+    cycles = rng.integers(1, 3, size=4)  # whole cycles per period: the path loops seamlessly
 
     def pose(i: int) -> tuple[np.ndarray, np.ndarray]:
-        tau = i / max(num_frames - 1, 1)
+        tau = i / _SEQUENCE_PERIOD
         wave = np.sin(2 * math.pi * cycles * tau + phases) - np.sin(phases)  # 0 at the first frame
-        translation = motion * _Z_NEAR * np.array([0.25 * wave[0], 0.08 * wave[1], -0.3 * tau])
+        dolly = -0.15 * (1 - math.cos(2 * math.pi * tau))  # backwards only, so nothing comes nearer
+        translation = motion * _Z_NEAR * np.array([0.25 * wave[0], 0.08 * wave[1], dolly])
         rotation = _axis_rotation(1, motion * 0.06 * wave[2]) @ _axis_rotation(0, motion * 0.03 * wave[3])
         return rotation, translation
 
@@ -1253,7 +1341,7 @@ def render_sequence(
                 0
             ].min()
         )
-        for i in range(num_frames)
+        for i in range(min(num_frames, _SEQUENCE_PERIOD))
     )
     b = _baseline_for(nearest, 0.95 * target, intr.fx)
     for i in range(num_frames):

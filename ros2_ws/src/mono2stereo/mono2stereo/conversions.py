@@ -7,6 +7,8 @@ without ROS; this module only moves fields between messages and those functions.
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField, RegionOfInterest
@@ -18,6 +20,17 @@ from mono2stereo_core.image_encoding import decode_image, encode_image, to_rgb8
 from mono2stereo_core.pointcloud import pack_xyzrgb
 
 FLOAT_ENCODINGS = ("32FC1", "64FC1", "32FC3", "64FC3")
+
+
+def uint8_array(data: bytes) -> array.array:
+    """``data`` as the ``array.array('B')`` rclpy stores in ``uint8[]`` fields.
+
+    Assigning bytes makes the generated setter validate every element in Python on distros that always
+    check fields (seconds for a 640x480 cloud); an ``array.array`` is taken as is.
+    """
+    out = array.array("B")
+    out.frombytes(data)
+    return out
 
 
 def stamp_to_ns(stamp: Time) -> int:
@@ -96,7 +109,7 @@ def array_to_image(array: np.ndarray, *, encoding: str, header: Header) -> Image
         encoding=encoding,
         is_bigendian=0,
         step=int(step),
-        data=data,
+        data=uint8_array(data),
     )
 
 
@@ -176,6 +189,6 @@ def point_cloud(points: np.ndarray, colors: np.ndarray, *, header: Header) -> Po
         is_bigendian=False,
         point_step=int(packed.point_step),
         row_step=int(packed.row_step),
-        data=packed.data,
+        data=uint8_array(packed.data),
         is_dense=False,
     )

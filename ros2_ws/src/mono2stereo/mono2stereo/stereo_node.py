@@ -27,6 +27,7 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -111,6 +112,11 @@ class StereoNode(Node):
     """The stereo depth node. ``runner`` may be injected (in-process use); otherwise it is loaded from parameters."""
 
     def __init__(self, *, runner=None, node_name: str = "stereo_node", **node_kwargs) -> None:
+        # Set before anything can raise: rclpy destroys half-built nodes on shutdown (destroy_node below).
+        self._mailbox: _Frame | None = None
+        self._mailbox_cv = threading.Condition()
+        self._stopping = False
+        self._worker: threading.Thread | None = None
         super().__init__(node_name, **node_kwargs)
         for name, (default, description, constraints, ranges, read_only) in PARAMETERS.items():
             descriptor = ParameterDescriptor(
@@ -131,7 +137,7 @@ class StereoNode(Node):
         values = {name: self.get_parameter(name).value for name in PARAMETERS}
         problem = validate_parameters(values)
         if problem:
-            raise ValueError(f"stereo_node: {problem}")
+            raise ValueError(problem)
         self._settings = _settings_from(values)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -176,14 +182,11 @@ class StereoNode(Node):
         input_group = MutuallyExclusiveCallbackGroup()
         # Calibration is static per session: the latest camera_info of each side is used for every pair,
         # so a driver publishing camera_info at a lower rate (or with its own stamps) loses no image pairs.
-        self.create_subscription(
-            CameraInfo, "left/camera_info", lambda m: self._infos.__setitem__("left", m), in_qos,
-            callback_group=input_group,
-        )
-        self.create_subscription(
-            CameraInfo, "right/camera_info", lambda m: self._infos.__setitem__("right", m), in_qos,
-            callback_group=input_group,
-        )
+        for side in ("left", "right"):
+            self.create_subscription(
+                CameraInfo, f"{side}/camera_info", lambda msg, side=side: self._on_camera_info(side, msg), in_qos,
+                callback_group=input_group,
+            )
         self._sync = ImagePairSynchronizer(
             self,
             left_topic="left/image_rect",
@@ -218,9 +221,6 @@ class StereoNode(Node):
         self._overhead = LatencyWindow()
         self._stats_lock = threading.Lock()
 
-        self._mailbox: _Frame | None = None
-        self._mailbox_cv = threading.Condition()
-        self._stopping = False
         self._worker = threading.Thread(target=self._work, name="stereo_node-inference", daemon=True)
         self._worker.start()
         self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
@@ -252,6 +252,9 @@ class StereoNode(Node):
                 self._pub_color,
             )
         )
+
+    def _on_camera_info(self, side: str, msg: CameraInfo) -> None:
+        self._infos[side] = msg  # validated per frame in the worker, where errors are reported
 
     def _on_pair(self, left: Image, right: Image) -> None:
         self._pairs_received += 1
@@ -429,7 +432,8 @@ class StereoNode(Node):
         with self._mailbox_cv:
             self._stopping = True
             self._mailbox_cv.notify_all()
-        self._worker.join(timeout=5.0)
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
         super().destroy_node()
 
 
@@ -468,7 +472,7 @@ def main(args=None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ParameterException) as exc:
         # Configuration errors (bad parameters, missing model): one clear line, non-zero exit.
         print(f"stereo_node: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,184 @@
+"""Stereo network family: shapes and contracts, building blocks on real data, compute budget, ONNX parity."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage import data
+
+from mono2stereo_core.models import MODEL_NAMES, StereoOutput, build_from_config, build_model, count_macs
+from mono2stereo_core.models.blocks import (
+    convex_upsample,
+    groupwise_cost_volume,
+    local_soft_argmax,
+    warp_correlation,
+)
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def motorcycle():
+    """Half-resolution Middlebury motorcycle pair as N x 3 x H x W tensors and the GT disparity (NaN invalid)."""
+    left, right, disp = data.stereo_motorcycle()
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255  # noqa: E731
+    gt = torch.from_numpy(np.where(np.isfinite(disp), disp, np.nan).astype(np.float32))[None, None]
+    return to_t(left), to_t(right), gt
+
+
+def test_variants_build_and_rebuild_from_config():
+    assert set(MODEL_NAMES) >= {"m2s_tiny", "m2s_rt", "m2s_large"}
+    for name in MODEL_NAMES:
+        model = build_model(name, max_disparity=128)
+        assert model.config["name"] == name and model.config["max_disparity"] == 128
+        assert model.max_disparity == 128 and model.stride >= 8
+        rebuilt = build_from_config(model.config)
+        assert rebuilt.config == model.config
+        assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+            k: v.shape for k, v in model.state_dict().items()
+        }
+    assert build_model("m2s_tiny", refine_iterations=2).config["refine_iterations"] == 2
+
+
+def test_build_rejects_bad_names_settings_and_disparity_ranges():
+    with pytest.raises(ValueError, match="unknown stereo model 'psmnet'"):
+        build_model("psmnet")
+    with pytest.raises(ValueError, match="unknown settings \\['widht'\\]"):
+        build_model("m2s_rt", widht=3)
+    with pytest.raises(ValueError, match="multiple of 8 .*instead got 100"):
+        build_model("m2s_rt", max_disparity=100)
+
+
+@pytest.mark.parametrize("height,width", [(64, 128), (96, 64)])
+def test_forward_contract_on_non_square_inputs(height, width):
+    torch.manual_seed(0)
+    model = build_model("m2s_tiny", max_disparity=64).eval()
+    left, right = torch.rand(2, 3, height, width), torch.rand(2, 3, height, width)
+    with torch.no_grad():
+        disparity, confidence = model(left, right)
+        out = model.forward_train(left, right)
+    assert disparity.shape == confidence.shape == (2, 1, height, width)
+    assert disparity.min() >= 0 and 0 <= confidence.min() and confidence.max() <= 1
+    assert isinstance(out, StereoOutput)
+    assert torch.equal(out.disparity, disparity) and torch.equal(out.predictions[-1], disparity)
+    assert len(out.predictions) == 2 + model.config["refine_iterations"]
+    assert all(p.shape == (2, 1, height, width) for p in out.predictions)
+    d = model.max_disparity // out.downsample
+    assert out.log_prob.shape == (2, d, height // out.downsample, width // out.downsample)
+    assert torch.allclose(out.log_prob.exp().sum(1), torch.ones(1), atol=1e-5)
+    assert torch.equal(out.bin_values, torch.arange(d, dtype=torch.float32) * out.downsample)
+
+
+def test_forward_rejects_inputs_that_are_not_stride_multiples():
+    model = build_model("m2s_tiny", max_disparity=64).eval()
+    with pytest.raises(ValueError, match="multiples of the network stride 8.*instead got 60 x 64"):
+        model(torch.rand(1, 3, 60, 64), torch.rand(1, 3, 60, 64))
+    with pytest.raises(ValueError, match="same shape"):
+        model(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 72))
+
+
+def test_cost_volume_bins_correlate_left_x_with_right_x_minus_d():
+    torch.manual_seed(0)
+    left, right = torch.randn(1, 8, 5, 20), torch.randn(1, 8, 5, 20)
+    volume = groupwise_cost_volume(left, right, num_bins=6, groups=2)
+    assert volume.shape == (1, 2, 6, 5, 20)
+    for d in (0, 3, 5):
+        expected = (left[..., d:] * right[..., : 20 - d]).reshape(1, 2, 4, 5, 20 - d).mean(2)
+        assert torch.allclose(volume[:, :, d, :, d:], expected, atol=1e-6)
+        assert torch.all(volume[:, :, d, :, :d] == 0)
+
+
+def test_warp_correlation_peaks_at_the_true_disparity_on_motorcycle(motorcycle):
+    left, right, gt = motorcycle
+    # Zero-mean local intensities as features: correlation then measures match quality, not brightness.
+    feat = lambda im: im - F.avg_pool2d(im, 9, stride=1, padding=4, count_include_pad=False)  # noqa: E731
+    valid = torch.isfinite(gt)
+    # Single-pixel products are noisy; a 7x7 box sum of the correlation is the classic block-matching cost.
+    correct = warp_correlation(feat(left), feat(right), torch.nan_to_num(gt), radius=3, groups=1)
+    assert correct.shape == (1, 7, *gt.shape[-2:])
+    peak = F.avg_pool2d(correct, 7, stride=1, padding=3).argmax(dim=1, keepdim=True)
+    # Offset 0 (index 3) is where right(x - gt) is sampled: most textured GT pixels must peak there
+    # (chance level is 1/7).
+    textured = valid & (feat(left).abs().sum(1, keepdim=True) > 0.1)
+    share = (peak[textured] == 3).float().mean().item()
+    assert share > 0.55, f"only {share:.0%} of textured pixels peak at the ground-truth disparity"
+    # The same with the sign of the disparity flipped must fail: this is what catches a wrong warp direction.
+    wrong = warp_correlation(feat(left), feat(right), -torch.nan_to_num(gt), radius=3, groups=1)
+    wrong_peak = F.avg_pool2d(wrong, 7, stride=1, padding=3).argmax(dim=1, keepdim=True)
+    assert (wrong_peak[textured] == 3).float().mean().item() < 0.25
+
+
+def test_local_soft_argmax_ignores_a_distant_second_mode():
+    bins = torch.arange(32, dtype=torch.float32)
+    prob = 0.6 * torch.exp(-((bins - 5.3) ** 2)) + 0.4 * torch.exp(-((bins - 25.0) ** 2))
+    logits = prob.clamp_min(1e-9).log().view(1, 32, 1, 1)
+    index, log_prob, confidence = local_soft_argmax(logits, radius=2)
+    plain = (log_prob.exp() * bins.view(1, 32, 1, 1)).sum(1)
+    assert abs(index.item() - 5.3) < 0.1, index.item()
+    assert plain.item() > 10  # what a plain soft-argmax would have returned
+    assert 0.5 < confidence.item() < 0.7
+
+
+def test_convex_upsample_weights_and_shapes():
+    disparity = torch.arange(12, dtype=torch.float32).view(1, 1, 3, 4)
+    up = convex_upsample(disparity, torch.zeros(1, 36, 3, 4), factor=2)
+    assert up.shape == (1, 1, 6, 8)
+    # Equal weights = 3x3 box filter of the replicate-padded input, repeated on each 2x2 sub-pixel block.
+    box = F.avg_pool2d(F.pad(disparity, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    assert torch.allclose(up[..., ::2, ::2], box) and torch.allclose(up[..., 1::2, 1::2], box)
+    # A decisive mask picks a single neighbour exactly (here the centre): no blur across edges.
+    centre = torch.full((1, 9, 4, 3, 4), -50.0)
+    centre[:, 4] = 50.0
+    assert torch.allclose(convex_upsample(disparity, centre.view(1, 36, 3, 4), factor=2),
+                          F.interpolate(disparity, scale_factor=2, mode="nearest"))
+    with pytest.raises(ValueError, match="needs 36 mask channels, instead got 9"):
+        convex_upsample(disparity, torch.zeros(1, 9, 3, 4), factor=2)
+
+
+def test_mac_counts_fit_the_budgets():
+    macs = {name: count_macs(build_model(name), height=480, width=640) for name in MODEL_NAMES}
+    for name, value in macs.items():
+        params = build_model(name).num_parameters
+        print(f"{name}: {value / 1e9:.2f} GMAC at 640x480, {params / 1e6:.3f} M parameters")
+    assert macs["m2s_rt"] <= 25e9, "the real-time variant must stay within the Jetson budget of 25 GMAC"
+    assert macs["m2s_tiny"] < macs["m2s_rt"] < macs["m2s_large"]
+    # Padding: 500 x 741 is counted at the padded 504 x 744, i.e. more than 480 x 640.
+    assert count_macs(build_model("m2s_tiny"), height=500, width=741) > macs["m2s_tiny"]
+
+
+def _onnx_parity(name: str) -> float:
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = build_model(name, max_disparity=64).eval()
+    # A random network's cost logits are almost flat, so its arg-max can flip between bins under 1e-6
+    # numerical differences; sharpening the output layer makes it as decisive as a trained network.
+    with torch.no_grad():
+        model.volume_out.weight.mul_(50.0)
+    left, right = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model, (left, right), buffer, opset_version=17, dynamo=False,
+        input_names=["left", "right"], output_names=["disparity", "confidence"],
+    )
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    disparity_ort, confidence_ort = session.run(None, {"left": left.numpy(), "right": right.numpy()})
+    with torch.no_grad():
+        disparity, confidence = model(left, right)
+    assert disparity_ort.shape == (1, 1, 64, 96)
+    assert np.abs(confidence_ort - confidence.numpy()).max() < 1e-4
+    return float(np.abs(disparity_ort - disparity.numpy()).max())
+
+
+@pytest.mark.parametrize("name", ["m2s_tiny", "m2s_rt"])
+def test_onnx_export_matches_torch(name):
+    assert _onnx_parity(name) < 1e-3
+
+
+@pytest.mark.slow
+def test_onnx_export_matches_torch_large():
+    assert _onnx_parity("m2s_large") < 1e-3
