@@ -182,7 +182,7 @@ def edge_aware_inpaint(
     surface_tolerance: float = 1.0,
     open_side: str = "right",
     background_radius: int = 8,
-    relative_tolerance: float = 0.1,
+    relative_tolerance: float = 0.2,
     texture_mix: float = 0.3,
     texture: torch.Tensor | None = None,
     texture_alpha: float = 0.5,
