@@ -63,6 +63,7 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--model", type=Path, default=None, help=".safetensors/.onnx (default: random m2s_tiny)")
     parser.add_argument("--input-size", default="", help="network input WxH (node parameters input_width/height)")
+    parser.add_argument("--points-decimation", type=int, default=1, help="node parameter points_decimation")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds published before measuring")
     parser.add_argument("--domain-id", type=int, default=90)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -70,7 +71,10 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_ros_e2e_"))
     model = args.model or tiny_checkpoint(tmp)
-    params = {"model_path": str(model), "qos_reliability": "reliable", "qos_depth": 5}
+    params = {
+        "model_path": str(model), "qos_reliability": "reliable", "qos_depth": 5,
+        "points_decimation": args.points_decimation,
+    }
     if args.input_size:
         w, h = (int(v) for v in args.input_size.lower().split("x"))
         params.update(input_width=w, input_height=h)
@@ -138,6 +142,7 @@ def main() -> int:
             "card": "CPU only (2 shared cores), torch threads=1",
             "resolution": f"{args.width}x{args.height}",
             "network_input": args.input_size or "image size",
+            "points_decimation": args.points_decimation,
             "backend": values.get("backend"),
             "rate_hz": args.rate,
             "duration_s": args.duration,

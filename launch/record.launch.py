@@ -9,6 +9,7 @@ from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 from launch import LaunchDescription
 
@@ -28,7 +29,10 @@ def generate_launch_description() -> LaunchDescription:
         executable="recorder_node",
         name="recorder_node",
         namespace=LaunchConfiguration("camera"),
-        parameters=[LaunchConfiguration("params_file"), {"output_dir": LaunchConfiguration("output_dir")}],
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {"output_dir": ParameterValue(LaunchConfiguration("output_dir"), value_type=str)},
+        ],
         output="screen",
         emulate_tty=True,
         # SIGINT first so the bag is finalized; launch escalates to SIGTERM after sigterm_timeout.

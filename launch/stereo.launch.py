@@ -12,6 +12,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 from launch import LaunchDescription
 
@@ -37,7 +38,11 @@ def generate_launch_description() -> LaunchDescription:
         namespace=LaunchConfiguration("camera"),
         parameters=[
             LaunchConfiguration("params_file"),
-            {"model_path": LaunchConfiguration("model_path"), "backend": LaunchConfiguration("backend")},
+            # value_type=str: launch would YAML-parse the text, turning model_path:='' into null.
+            {
+                "model_path": ParameterValue(LaunchConfiguration("model_path"), value_type=str),
+                "backend": ParameterValue(LaunchConfiguration("backend"), value_type=str),
+            },
         ],
         output="screen",
         emulate_tty=True,

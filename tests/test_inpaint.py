@@ -24,7 +24,7 @@ from mono2stereo_core.synthesis.inpaint import (
 from mono2stereo_core.synthesis.procedural import render_scene
 from mono2stereo_core.synthesis.warp import forward_splat
 
-SEEDS = range(6)
+SEEDS = range(8)
 WIDTH, HEIGHT, MAX_DISPARITY = 256, 192, 48.0
 
 
@@ -107,27 +107,27 @@ def evaluation():
 
 def test_ea_beats_telea_on_disoccluded_pixels(evaluation):
     """Mean absolute error (0..255 per channel) against the true right view on disoccluded pixels, pooled
-    over 8 scenes. Measured: EA 12.7, Telea 17.2, naive 21.2 (10 scenes, 320x240)."""
+    over 8 scenes (256x192). Measured: EA 19.3, Telea 24.9, naive 27.6."""
     mae = evaluation["mae"]
-    assert mae["ea"] < 0.9 * mae["telea"], mae
+    assert mae["ea"] < 0.92 * mae["telea"], mae
     assert mae["ea"] < mae["naive"], mae
 
 
 def test_ea_has_lower_foreground_bleed_than_naive_fill(evaluation):
     """Foreground-bleed rate: among disoccluded pixels next to a distinguishable occluder (see
     `_bleed_mask_and_colours`), the fraction whose filled colour is closer (L1 RGB) to the occluder's
-    colour than to the true background colour. Measured: EA 0.10, Telea 0.44, naive 0.59."""
+    colour than to the true background colour. Measured: EA 0.13, Telea 0.51, naive 0.61."""
     bleed = evaluation["bleed"]
     assert evaluation["bleed_pixels"] > 500
     assert bleed["ea"] < 0.5 * bleed["naive"], bleed
-    assert bleed["ea"] < 0.25, bleed
+    assert bleed["ea"] < 0.3, bleed
 
 
 def test_ea_anchors_on_the_background_side(evaluation):
     """In a left->right warp disocclusions open to the right of the foreground, so EA's row anchor (the
     hole end with the smaller disparity) should mostly be the right end, and should lie on the true
     background surface (splatted disparity <= true right disparity + 1 px) far more often than the naive
-    fill's nearest neighbour. Measured: right end 0.84, on background 0.81 (EA) vs 0.4-0.5 (naive).
+    fill's nearest neighbour. Measured: right end 0.88, on background 0.88 (EA) vs 0.62 (naive).
     Multi-layer holes and thin structures account for the rest."""
     assert evaluation["anchor_right"] > 0.75, evaluation["anchor_right"]
     on_bg = evaluation["on_background"]

@@ -200,7 +200,7 @@ def test_s2dkd_rejects_bad_settings():
 
 
 def test_adamw_steps_on_the_real_pair_lower_the_sequence_loss(motorcycle_crop):
-    left, right, gt = motorcycle_crop
+    left, right, gt = (x[..., 32:96, 64:192] for x in motorcycle_crop)  # 64 x 128 keeps the test fast
     torch.manual_seed(0)
     model = build_model("m2s_tiny", max_disparity=64).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -210,7 +210,7 @@ def test_adamw_steps_on_the_real_pair_lower_the_sequence_loss(motorcycle_crop):
         return sequence_loss(out, gt, None, max_disparity=64, distribution_weight=0.5)
 
     losses = []
-    for _ in range(25):
+    for _ in range(20):
         loss = loss_now()
         optimizer.zero_grad()
         loss.backward()

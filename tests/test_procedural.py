@@ -243,3 +243,12 @@ def test_photo_and_synthetic_textures():
             assert spread < 0.01
         elif kind != "gradient":
             assert spread > 0.02, kind
+
+
+def test_cast_shadows_darken_the_scene_without_moving_anything():
+    lit = render_scene(21, width=160, height=120, max_disparity=40, config=SceneConfig(p_shadows=0.0))
+    shadowed = render_scene(21, width=160, height=120, max_disparity=40, config=SceneConfig(p_shadows=1.0))
+    np.testing.assert_array_equal(lit.depth, shadowed.depth)
+    darker = shadowed.left.astype(np.float32).mean(axis=2) < lit.left.astype(np.float32).mean(axis=2) - 8
+    # Auto-exposure may brighten the whole frame a little; shadows still leave clearly darker regions.
+    assert 0.01 < darker.mean() < 0.8, darker.mean()

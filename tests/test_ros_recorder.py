@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticArray
 from mcap.reader import make_reader
 from ros_helpers import NodeProcess, RosClient, camera_info_pair, image_msg, ros_args, stamp, wait_until
 from rosbags.highlevel import AnyReader
@@ -130,6 +131,7 @@ def test_service_sessions_throttle_split_extras_and_sigterm(client, tmp_path):
         "static_extrinsic": [0.1, 0.0, -0.05, 0.0, 0.0, 0.0, 1.0],
     }
     proc = NodeProcess("mono2stereo.recorder_node", ros_args(params), domain_id=DOMAIN_ID, log_path=tmp_path / "rec.log")
+    diagnostics, diag_sub = client.collect(DiagnosticArray, "/diagnostics")
     try:
         pub = StereoPublisher(client, width=160, height=120)
         lidar = client.publisher(PointCloud2, "/lidar/points")
@@ -159,6 +161,11 @@ def test_service_sessions_throttle_split_extras_and_sigterm(client, tmp_path):
         assert len(stamps["/lidar/points"]) == 1
         assert len(stamps["/tf_static"]) == 1
         assert len(list(bag.glob("*.mcap"))) >= 2  # split every 1 s of bag time
+        time.sleep(1.2)
+        values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+        assert values["recording"] == "False"
+        assert (values["pairs_written"], values["pairs_throttled"], values["dropped_queue_full"]) == ("15", "15", "0")
+        assert int(values["pairs_synchronized"]) == 35  # 5 before the session started + 30
 
         assert call(True).success
         pub.publish(6, rate_hz=15.0)
@@ -166,6 +173,7 @@ def test_service_sessions_throttle_split_extras_and_sigterm(client, tmp_path):
     finally:
         proc.signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, proc.log()
+        client.node.destroy_subscription(diag_sub)
     second = [p for p in out.iterdir() if p.is_dir() and p != bag]
     assert len(second) == 1
     counts = count_with_mcap(second[0])

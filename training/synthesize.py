@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0]
         + " Writes a resumable dataset folder (left/ right/ disp/ mask/ manifest.jsonl preview.png) that "
         "pretrain.py reads. Re-running the same command skips finished pairs.",
-        epilog=__doc__.split("Examples:\n", 1)[1],
+        epilog=__doc__[__doc__.index("Output folder"):],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--images", type=Path, help="folder of input photos (searched recursively); not needed "
@@ -138,7 +138,7 @@ def load_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Merges defaults < YAML --config < command-line flags."""
     settings: dict[str, Any] = {
         "images": None, "depth_model": None, "out": None, "num": None, "workers": 1, "shard": None, "seed": 0,
-        "width": None, "height": None, "inpaint": "ea", "disp_format": "npy", "augment": True, "device": "cpu",
+        "width": None, "height": None, "inpaint": "ea", "disp_format": "npy", "augment": None, "device": "cpu",
         "threads": 1, "synthesis": {},
     }
     if args.config is not None:
@@ -208,18 +208,22 @@ def list_items(settings: dict[str, Any]) -> list[Item]:
 # --- worker side ------------------------------------------------------------------------------------------
 
 _MODEL: Any = None
+_MODEL_KEY: tuple[str, str] | None = None
 
 
 def _init_worker(job: Job) -> None:
     """Loads the depth model once per process (not per item)."""
-    global _MODEL
+    global _MODEL, _MODEL_KEY
     import torch
 
     torch.set_num_threads(max(1, job.threads))
-    if job.depth_model != "procedural" and _MODEL is None:
+    key = (job.depth_model, job.device)
+    if job.depth_model != "procedural" and _MODEL_KEY != key:
         from mono2stereo_core.mono import load_mono_depth
 
+        _MODEL, _MODEL_KEY = None, None
         _MODEL = load_mono_depth(job.depth_model, device=job.device)
+        _MODEL_KEY = key
 
 
 def _resize(image: np.ndarray, width: int | None, height: int | None) -> np.ndarray:
@@ -423,11 +427,13 @@ def synthesize(args: argparse.Namespace) -> int:
     if settings["out"] is None:
         raise UsageError("--out DIR is required")
     try:
-        config = SynthesisConfig.from_dict(settings["synthesis"])
-        if settings["augment"] and config.augment is None:
-            config = config.with_augment(AugmentConfig())
-        elif not settings["augment"]:
+        synthesis = dict(settings["synthesis"] or {})
+        config = SynthesisConfig.from_dict(synthesis)
+        # Augmentation is on by default; `synthesis: {augment: ...}` in the YAML or --no-augment decide.
+        if settings["augment"] is False:
             config = config.with_augment(None)
+        elif "augment" not in synthesis:
+            config = config.with_augment(AugmentConfig())
     except (TypeError, ValueError) as exc:
         raise UsageError(f"synthesis settings: {exc}") from exc
     workers = int(settings["workers"])

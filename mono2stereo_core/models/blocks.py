@@ -50,14 +50,21 @@ class ResidualBlock(nn.Module):
 class FeatureEncoder(nn.Module):
     """Shared-weight image encoder producing features at 1/2 and 1/4 of the input resolution.
 
-    Input N x 3 x H x W (already normalised). Outputs ``(f2, f4)``: N x c2 x H/2 x W/2 and N x c4 x H/4 x W/4.
-    It must downsample by exactly 2 and 4 so that the cost volume's bin ``d`` means ``4 d`` input pixels.
+    Input N x 3 x H x W (already normalised), H and W multiples of 8. Outputs ``(f2, f4)``: N x c2 x H/2 x W/2
+    and N x c4 x H/4 x W/4. It must downsample by exactly 2 and 4 so that the cost volume's bin ``d`` means
+    ``4 d`` input pixels. With ``context_channels > 0`` a 1/8 branch (two residual blocks) is added back into
+    the 1/4 features: it triples the receptive field for a fraction of the cost, which is what lets a pixel on
+    a textureless wall borrow a match from the wall's textured border.
     """
 
-    def __init__(self, *, half_channels: int, quarter_channels: int, quarter_blocks: int) -> None:
+    def __init__(
+        self, *, half_channels: int, quarter_channels: int, quarter_blocks: int, context_channels: int = 0
+    ) -> None:
         super().__init__()
         if quarter_blocks < 1:
             raise ValueError(f"quarter_blocks must be >= 1, instead got {quarter_blocks}")
+        if context_channels < 0:
+            raise ValueError(f"context_channels must be >= 0, instead got {context_channels}")
         self.stem = nn.Sequential(
             conv2d_bn_relu(3, half_channels, stride=2),
             ResidualBlock(half_channels),
@@ -66,10 +73,26 @@ class FeatureEncoder(nn.Module):
         # Alternating dilation widens the receptive field (textureless regions need context) at no extra cost.
         blocks += [ResidualBlock(quarter_channels, dilation=1 + (i % 2)) for i in range(quarter_blocks)]
         self.quarter = nn.Sequential(*blocks)
+        self.context: nn.Module | None = None
+        self.context_out: nn.Module | None = None
+        if context_channels > 0:
+            self.context = nn.Sequential(
+                conv2d_bn_relu(quarter_channels, context_channels, stride=2),
+                ResidualBlock(context_channels),
+                ResidualBlock(context_channels, dilation=2),
+            )
+            self.context_out = nn.Sequential(
+                nn.Conv2d(context_channels, quarter_channels, 1, bias=False),
+                nn.BatchNorm2d(quarter_channels),
+            )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f2 = self.stem(x)
-        return f2, self.quarter(f2)
+        f4 = self.quarter(f2)
+        if self.context is not None and self.context_out is not None:
+            f8 = self.context_out(self.context(f4))
+            f4 = F.relu(f4 + F.interpolate(f8, scale_factor=2.0, mode="bilinear", align_corners=False))
+        return f2, f4
 
 
 def groupwise_correlation(left: Tensor, right: Tensor, *, groups: int) -> Tensor:

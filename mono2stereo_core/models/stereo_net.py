@@ -39,6 +39,7 @@ _VARIANTS: dict[str, dict[str, Any]] = {
         half_channels=8,
         quarter_channels=16,
         quarter_blocks=1,
+        context_channels=16,
         corr_groups=4,
         agg_channels=4,
         hourglasses=1,
@@ -55,6 +56,7 @@ _VARIANTS: dict[str, dict[str, Any]] = {
         half_channels=16,
         quarter_channels=32,
         quarter_blocks=2,
+        context_channels=48,
         corr_groups=8,
         agg_channels=8,
         hourglasses=1,
@@ -71,6 +73,7 @@ _VARIANTS: dict[str, dict[str, Any]] = {
         half_channels=32,
         quarter_channels=96,
         quarter_blocks=4,
+        context_channels=128,
         corr_groups=16,
         agg_channels=16,
         hourglasses=2,
@@ -125,6 +128,7 @@ class StereoNet(nn.Module):
         half_channels: int,
         quarter_channels: int,
         quarter_blocks: int,
+        context_channels: int,
         corr_groups: int,
         agg_channels: int,
         hourglasses: int,
@@ -159,6 +163,7 @@ class StereoNet(nn.Module):
             half_channels=half_channels,
             quarter_channels=quarter_channels,
             quarter_blocks=quarter_blocks,
+            context_channels=context_channels,
             corr_groups=corr_groups,
             agg_channels=agg_channels,
             hourglasses=hourglasses,
@@ -187,7 +192,10 @@ class StereoNet(nn.Module):
         )
 
         self.encoder = FeatureEncoder(
-            half_channels=half_channels, quarter_channels=quarter_channels, quarter_blocks=quarter_blocks
+            half_channels=half_channels,
+            quarter_channels=quarter_channels,
+            quarter_blocks=quarter_blocks,
+            context_channels=context_channels,
         )
         self.volume_in = conv3d_bn_relu(corr_groups, agg_channels)
         self.volume_excite = CostExcitation(volume_channels=agg_channels, feature_channels=quarter_channels)

@@ -184,6 +184,7 @@ def edge_aware_inpaint(
     background_radius: int = 8,
     relative_tolerance: float = 0.2,
     texture_mix: float = 0.3,
+    stretch_gap: int = 2,
     texture: torch.Tensor | None = None,
     texture_alpha: float = 0.5,
 ) -> InpaintResult:
@@ -209,6 +210,8 @@ def edge_aware_inpaint(
             (slanted backgrounds change disparity across the neighbourhood).
         texture_mix: weight of the mirrored row texture against the smooth pyramid fill, in [0, 1]
             (1 = pure row mirroring, 0 = pure background diffusion).
+        stretch_gap: holes at most this wide with covered pixels on both ends are interpolated between
+            the ends (stretched slanted surfaces) instead of being filled from the background.
         texture: optional N x C x H x W image whose mean/std-matched detail is blended into the holes.
         texture_alpha: weight of that detail in [0, 1].
 
@@ -285,6 +288,17 @@ def edge_aware_inpaint(
     # Row texture only where the anchor is on the background surface; elsewhere pure diffusion.
     mix = texture_mix * anchor_is_background.to(image.dtype)
     fill = torch.lerp(diffused, mirrored, mix)
+    # Gaps of at most stretch_gap pixels with both ends covered are treated as a stretched surface (a
+    # receding slope spreads neighbouring left pixels more than a pixel apart, which a splat cannot cover)
+    # and linearly interpolated between the ends, as a mesh warp would. A genuine disocclusion that
+    # narrow is a sub-stretch_gap-pixel sliver; blending it costs less than streaking every slope.
+    gap = right - left - 1
+    stretch = fillable & has_left & has_right & (gap <= stretch_gap)
+    t = ((xs - left).to(image.dtype) / (gap + 1).clamp_min(1).to(image.dtype))
+    left_colour = image.gather(-1, left.clamp(0, w - 1).expand(n, c, h, w))
+    right_colour = image.gather(-1, right.clamp(0, w - 1).expand(n, c, h, w))
+    fill = _pick(stretch, torch.lerp(left_colour, right_colour, t), fill)
+    filled_disp = _pick(stretch, torch.lerp(d_left, d_right, t), filled_disp)
     # Holes on rows with nothing to copy from (fully empty rows) still get the 2-D diffusion.
     out = _pick(holes, fill, image)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .augment import AugmentConfig, augment_pair
 from .inpaint import disparity_edges, edge_aware_inpaint, nearest_fill, running_extreme, telea_inpaint
@@ -210,9 +211,10 @@ def sharpen_disparity_edges(
 
     Only horizontal ramps make flying pixels in a horizontal warp, so the window is a row segment of
     ``2r+1`` pixels. A pixel is on a discontinuity when that window spans more than ``min_jump`` pixels and
-    more than ``relative_jump`` of the window's maximum: a slanted surface changes by a few percent over
-    five pixels, an object boundary by much more, so planes keep their slope while ramps between layers
-    become a clean step at their midpoint. Invalid pixels (NaN/inf or ``~valid``) neither change nor vote.
+    more than ``relative_jump`` of the window's maximum, and more than twice what the slope just outside
+    the window would explain (a plane spreads by ``2r`` times its slope), and the pixel itself lies between
+    the extremes (not within 10 % of the spread from either). Planes keep their slope, clean steps stay
+    put, and ramps between layers become a clean step at their midpoint. Invalid pixels (NaN/inf or ``~valid``) neither change nor vote.
 
     Args:
         disparity: N x 1 x H x W disparity in pixels.
@@ -234,7 +236,21 @@ def sharpen_disparity_edges(
     local_max = running_extreme(torch.lerp(torch.full_like(d, -1e9), d, okf), radius)
     local_min = running_extreme(torch.lerp(torch.full_like(d, 1e9), d, okf), radius, largest=False)
     spread = local_max - local_min
-    on_edge = ok & (spread > min_jump) & (spread > relative_jump * local_max.abs())
+    # Slope just outside the window on either side: a plane spreads by about 2r times its slope and is left
+    # alone; a ramp between two layers spreads far more than the surfaces around it slope.
+    grad = (d[..., 1:] - d[..., :-1]).abs() * (ok[..., 1:] & ok[..., :-1])
+    padded = F.pad(grad, (radius + 1, radius + 1), value=1e9)  # beyond the border: no evidence of flatness
+    w = d.shape[-1]
+    outer = torch.minimum(padded[..., :w], padded[..., 2 * radius + 1 : 2 * radius + 1 + w])
+    # Only pixels hanging *between* the layers move; pixels already on one side of a clean step stay.
+    between = torch.minimum(d - local_min, local_max - d) > 0.1 * spread
+    on_edge = (
+        ok
+        & between
+        & (spread > min_jump)
+        & (spread > relative_jump * local_max.abs())
+        & (spread > 2.0 * (2 * radius) * outer)
+    )
     snapped = torch.lerp(local_min, local_max, (local_max - d < d - local_min).to(d.dtype))
     return torch.where(on_edge, snapped, disparity)
 

@@ -46,7 +46,6 @@ from mono2stereo.conversions import (
 from mono2stereo.diagnostics import ERROR, OK, LatencyWindow, RateWindow, diagnostic_array
 from mono2stereo.qos import RELIABILITY_CHOICES, publisher_qos, subscription_qos
 from mono2stereo.synchronizer import ImagePairSynchronizer
-from mono2stereo_core.geometry import depth_to_points
 from mono2stereo_core.viz import colorize_disparity
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -219,6 +218,7 @@ class StereoNode(Node):
         self._processing = LatencyWindow()
         self._inference = LatencyWindow()
         self._overhead = LatencyWindow()
+        self._rays_cache: tuple | None = None
         self._stats_lock = threading.Lock()
 
         self._worker = threading.Thread(target=self._work, name="stereo_node-inference", daemon=True)
@@ -344,8 +344,7 @@ class StereoNode(Node):
                 self._pub_depth.publish(array_to_image(depth, encoding="32FC1", header=header))
             if want_points:
                 n = settings.points_decimation
-                # Decimating before back-projection: pixel (n*i, n*j) seen through intrinsics divided by n.
-                points = depth_to_points(depth[::n, ::n], camera.fx / n, camera.fy / n, camera.cx / n, camera.cy / n)
+                points = depth[::n, ::n, None] * self._rays(camera, n)
                 self._pub_points.publish(point_cloud(points, left_rgb[::n, ::n], header=header))
         if self._pub_depth_info.get_subscription_count():
             self._pub_depth_info.publish(depth_camera_info(left_info, header=header))
@@ -365,6 +364,23 @@ class StereoNode(Node):
         self._processing.add(time.monotonic() - frame.received)
         now_ns = self.get_clock().now().nanoseconds
         self._latency.add(max(0.0, (now_ns - stamp_to_ns(frame.left.header.stamp)) * 1e-9))
+
+    def _rays(self, camera, decimation: int) -> np.ndarray:
+        """``(x/z, y/z, 1)`` of every kept pixel, H/n x W/n x 3; cached because calibration rarely changes.
+
+        ``depth[..., None] * rays`` is then the back-projection (``mono2stereo_core.geometry.depth_to_points``)
+        in one multiply instead of three arrays and a stack, per frame.
+        """
+        key = (camera, decimation)
+        if self._rays_cache is None or self._rays_cache[0] != key:
+            u = np.arange(0, camera.width, decimation, dtype=np.float32)
+            v = np.arange(0, camera.height, decimation, dtype=np.float32)
+            rays = np.empty((v.size, u.size, 3), np.float32)
+            rays[..., 0] = ((u - np.float32(camera.cx)) / np.float32(camera.fx))[None, :]
+            rays[..., 1] = ((v - np.float32(camera.cy)) / np.float32(camera.fy))[:, None]
+            rays[..., 2] = 1.0
+            self._rays_cache = (key, rays)
+        return self._rays_cache[1]
 
     # ------------------------------------------------------------------ errors and diagnostics
     def _report_error(self, message: str, *, details: str = "", key: str | None = None) -> None:

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Throughput of the stage-1 synthesis pipeline (warp + EA inpainting + augmentation) at 640x480.
+
+Mono depth is excluded (it is the same cost whatever the pipeline does). Input: the real Middlebury
+motorcycle pair (skimage), resized to 640x480 with its ground-truth disparity scaled accordingly. Printed
+beside a naive numpy nearest-pixel forward warp (no z-order, no inpainting) run in the same process, so
+the numbers can be compared on a loaded machine.
+
+    python bench/bench_synthesis.py [--threads 2] [--batch 1 8] [--seconds 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from skimage import data  # noqa: E402
+
+from mono2stereo_core.synthesis import AugmentConfig, SynthesisConfig, synthesize_batch  # noqa: E402
+from mono2stereo_core.synthesis.inpaint import disparity_edges, edge_aware_inpaint  # noqa: E402
+from mono2stereo_core.synthesis.pipeline import sharpen_disparity_edges  # noqa: E402
+from mono2stereo_core.synthesis.warp import forward_splat  # noqa: E402
+
+WIDTH, HEIGHT = 640, 480
+
+
+def naive_numpy_warp(left: np.ndarray, disparity: np.ndarray) -> np.ndarray:
+    """Reference: nearest-pixel forward warp in numpy, last write wins, holes stay black."""
+    h, w = disparity.shape
+    out = np.zeros_like(left)
+    ys, xs = np.nonzero(np.isfinite(disparity))
+    xt = np.rint(xs - disparity[ys, xs]).astype(np.int64)
+    ok = (xt >= 0) & (xt < w)
+    out[ys[ok], xt[ok]] = left[ys[ok], xs[ok]]
+    return out
+
+
+def rate(fn, items_per_call: int, seconds: float) -> float:
+    """Items per second of ``fn`` over at least ``seconds`` (after one warm-up call)."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and calls >= 3:
+            return calls * items_per_call / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: this machine's cores)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes to time (default 1 8)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="minimum timing window per measurement")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    left, _, disparity = data.stereo_motorcycle()
+    sx = WIDTH / left.shape[1]
+    left = cv2.resize(left, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+    disparity = cv2.resize(disparity, (WIDTH, HEIGHT), interpolation=cv2.INTER_NEAREST) * sx
+
+    results: dict[str, float] = {}
+    results["naive_numpy_warp_pairs_per_s"] = rate(lambda: naive_numpy_warp(left, disparity), 1, args.seconds)
+
+    config = SynthesisConfig(augment=AugmentConfig())
+    gen = torch.Generator().manual_seed(0)
+    for n in args.batch:
+        img = (torch.from_numpy(left).permute(2, 0, 1)[None].float() / 255.0).repeat(n, 1, 1, 1).to(args.device)
+        disp = torch.from_numpy(disparity)[None, None].repeat(n, 1, 1, 1).to(args.device)
+
+        def full(img=img, disp=disp):
+            with torch.no_grad():
+                out = synthesize_batch(img, disp, config=config, generator=gen)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return out
+
+        results[f"pipeline_batch{n}_pairs_per_s"] = rate(full, n, args.seconds)
+
+    # Stage breakdown at batch 1 (ms per pair).
+    img = torch.from_numpy(left).permute(2, 0, 1)[None].float().div(255.0).to(args.device)
+    disp = torch.from_numpy(disparity)[None, None].to(args.device)
+    ok = torch.isfinite(disp)
+    clean = torch.nan_to_num(disp, posinf=0.0) * ok
+    splat = forward_splat(torch.cat([img, ok.float()], 1), clean, valid=ok)
+    stages = {
+        "sharpen": lambda: sharpen_disparity_edges(disp, valid=ok),
+        "edges+splat": lambda: forward_splat(torch.cat([img, disparity_edges(clean, valid=ok).float()], 1), clean, valid=ok),
+        "ea_inpaint": lambda: edge_aware_inpaint(splat.image[:, :3], splat.disparity, ~splat.coverage,
+                                                 edges=splat.image[:, 3:] > 0.25),
+    }
+    for name, fn in stages.items():
+        results[f"stage_{name}_ms"] = 1000.0 / rate(fn, 1, args.seconds / 2)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"stage-1 synthesis at {WIDTH}x{HEIGHT}, torch threads {args.threads}, device {args.device}, "
+          f"load average {load:.1f} on {os.cpu_count()} cores")
+    for key, value in results.items():
+        unit = "ms" if key.endswith("_ms") else "pairs/s"
+        print(f"  {key:<36s} {value:8.1f} {unit}")
+    best = max(v for k, v in results.items() if k.startswith("pipeline"))
+    print(f"  best full pipeline: {best:.1f} pairs/s (goal >= 15); naive numpy warp alone: "
+          f"{results['naive_numpy_warp_pairs_per_s']:.1f} pairs/s")
+    if args.json:
+        args.json.write_text(json.dumps({"load_average": load, "threads": args.threads, **results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
