@@ -46,7 +46,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ros-humble-ros-base \
     && rm -rf /var/lib/apt/lists/*
 # On Jetson the network runs through TensorRT only: PyTorch is not installed (export ONNX on a workstation
-# or use the ONNX shipped in weights/).
+# or use the ONNX shipped in weights/); device buffers come from cuda-python (CUDA 12.6 as in JetPack 6.1).
 ENV ROS_DISTRO=humble \
     M2S_INSTALL_TORCH=0
 
@@ -80,7 +80,8 @@ USER 1000:1000
 # Runtime dependencies at the versions pinned for CI (requirements/lock.txt); no ROS wheels (apt provides ROS).
 RUN grep -E '^(numpy|opencv-python-headless|pyyaml|tqdm|safetensors|onnx|onnxruntime|rosbags|mcap|mcap-ros2-support|ruamel\.yaml|ruamel\.yaml\.clib|lz4|zstandard|protobuf|typing_extensions|ml_dtypes)==' \
         requirements/lock.txt > /tmp/runtime-requirements.txt \
-    && if [ "$M2S_INSTALL_TORCH" = "1" ]; then grep -E '^torch==' requirements/lock.txt >> /tmp/runtime-requirements.txt; fi \
+    && if [ "$M2S_INSTALL_TORCH" = "1" ]; then grep -E '^torch==' requirements/lock.txt >> /tmp/runtime-requirements.txt; \
+       else echo "cuda-python==12.6.2.post1" >> /tmp/runtime-requirements.txt; fi \
     && pip install --no-cache-dir -r /tmp/runtime-requirements.txt \
     && pip install --no-cache-dir --no-deps .
 

@@ -102,12 +102,19 @@ def client():
 def test_20s_session_at_15hz_640x480_loses_no_pair_and_sigint_finalizes(client, tmp_path):
     out = tmp_path / "recorded"
     proc = NodeProcess("mono2stereo.recorder_node", ros_args({"output_dir": str(out)}), domain_id=DOMAIN_ID, log_path=tmp_path / "rec.log")
+    diagnostics, diag_sub = client.collect(DiagnosticArray, "/diagnostics")
     try:
         pub = StereoPublisher(client, width=640, height=480)
         pub.wait_for_recorder()
         pub.publish(300, rate_hz=15.0)
-        time.sleep(1.0)
+        # On a loaded machine the recorder may still be draining its DDS history when publishing ends;
+        # "no pair lost" means all of them are written once it has caught up.
+        assert wait_until(
+            lambda: diagnostics and {kv.key: kv.value for kv in diagnostics[-1].status[0].values}["pairs_written"] == "300",
+            timeout=30,
+        ), diagnostics[-1] if diagnostics else proc.log()
     finally:
+        client.node.destroy_subscription(diag_sub)
         proc.signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, proc.log()
     bag = only_bag(out)

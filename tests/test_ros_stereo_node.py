@@ -306,7 +306,8 @@ def test_latest_frame_wins_and_stale_frames_are_counted(stereo, client, diagnost
     received, subs = subscribe_outputs(client, NS)
     try:
         wait_for_publishers_to_see(client, NS, ["disparity"])
-        before = int(latest_diag(diagnostics, "stereo_node")[2]["dropped_stale"])
+        time.sleep(1.2)
+        before = latest_diag(diagnostics, "stereo_node")[2]
         rig.send_infos(rig.new_stamp())
         time.sleep(0.1)
         stamps = []
@@ -319,8 +320,13 @@ def test_latest_frame_wins_and_stale_frames_are_counted(stereo, client, diagnost
         published = [stamp_to_ns(m.header.stamp) for m in received["disparity"]]
         assert len(published) < len(stamps)
         assert published == sorted(published) and published[-1] == stamps[-1]
-        _, _, values = latest_diag(diagnostics, "stereo_node")
-        assert int(values["dropped_stale"]) - before == len(stamps) - len(published)
+        _, _, after = latest_diag(diagnostics, "stereo_node")
+        delta = {key: int(after[key]) - int(before[key]) for key in ("pairs_received", "inferences", "dropped_stale")}
+        # Every pair the node received was either inferred or dropped as stale (DDS may have thinned the
+        # burst before it reached the node, so the published count is not the reference).
+        assert delta["dropped_stale"] > 0
+        assert delta["pairs_received"] == delta["inferences"] + delta["dropped_stale"], delta
+        assert delta["inferences"] == len(published)
     finally:
         for sub in subs:
             client.node.destroy_subscription(sub)

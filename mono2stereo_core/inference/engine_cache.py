@@ -66,18 +66,28 @@ class EngineRecord:
 
 
 def query_gpu(device_index: int = 0) -> GpuInfo:
-    """Name and compute capability of a CUDA device, through torch; RuntimeError when none is visible."""
+    """Name and compute capability of a CUDA device; RuntimeError when none is visible.
+
+    Asks torch when it has CUDA, else NVIDIA's cuda-python (JetPack images have no CUDA torch).
+    """
     try:
         import torch
-    except ImportError as error:
-        raise RuntimeError("querying the GPU needs torch (with CUDA)") from error
-    if not torch.cuda.is_available():
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(device_index)
+        return GpuInfo(name=torch.cuda.get_device_name(device_index), compute_capability=f"{major}.{minor}")
+    from mono2stereo_core.inference.cuda_runtime import device_properties
+
+    try:
+        name, major, minor = device_properties(device_index)
+    except RuntimeError as error:
         raise RuntimeError(
-            "no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT engines can only be built "
-            "and run on an NVIDIA GPU; on a CPU machine use the ONNX Runtime backend with the .onnx file"
-        )
-    major, minor = torch.cuda.get_device_capability(device_index)
-    return GpuInfo(name=torch.cuda.get_device_name(device_index), compute_capability=f"{major}.{minor}")
+            "no CUDA GPU is visible (torch has no CUDA, and cuda-python says: "
+            f"{error}): TensorRT engines can only be built and run on an NVIDIA GPU; on a CPU machine use the "
+            "ONNX Runtime backend with the .onnx file"
+        ) from error
+    return GpuInfo(name=name, compute_capability=f"{major}.{minor}")
 
 
 def tensorrt_version() -> str:

@@ -3,6 +3,8 @@
 Device memory comes from torch CUDA tensors (``set_tensor_address(name, tensor.data_ptr())``) rather than
 pycuda: torch is already a dependency, its caching allocator and streams are what the rest of the stack
 uses, and pycuda needs a full CUDA toolkit to build (it does not install on Jetson images without one).
+Where torch has no CUDA (JetPack images: NVIDIA ships CUDA torch wheels only on its own index) the buffers and
+the stream come from NVIDIA's ``cuda-python`` instead (:mod:`mono2stereo_core.inference.cuda_runtime`).
 """
 
 from __future__ import annotations
@@ -43,11 +45,15 @@ class TensorRTRunner(StereoRunner):
     ) -> None:
         try:
             import tensorrt as trt
-            import torch
         except ImportError as error:
-            raise RuntimeError(
-                f"running {path} needs the tensorrt (>= 10) and torch packages with CUDA: {error}"
-            ) from error
+            raise RuntimeError(f"running {path} needs the tensorrt (>= 10) Python package: {error}") from error
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                torch = None
+        except ImportError:
+            torch = None
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"TensorRT engine {path} does not exist")
@@ -56,11 +62,16 @@ class TensorRTRunner(StereoRunner):
         precision = record.precision if record is not None else "fp32"
         onnx_path = record.onnx_path if record is not None else None
         check_engine_compatible(path, gpu_info=gpu, trt_version=trt.__version__)
-        self.device = torch.device("cuda", device_index)
+        self._torch = torch
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         try:
-            with torch.cuda.device(self.device):
+            if torch is not None:
+                self.device = torch.device("cuda", device_index)
+                with torch.cuda.device(self.device):
+                    self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+            else:
+                self.device = f"cuda:{device_index}"
                 self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         except Exception:  # some TensorRT builds raise instead of returning None on a foreign engine
             self.engine = None
@@ -88,13 +99,22 @@ class TensorRTRunner(StereoRunner):
         # Allocate every I/O tensor once as a torch CUDA tensor and bind its address: the engine then runs
         # with no per-frame allocation, and outputs stay valid until the next call.
         self._buffers = {}
-        for name in names:
-            dims = tuple(self.context.get_tensor_shape(name))
-            dtype = _torch_dtype(self.engine.get_tensor_dtype(name), trt, torch)
-            self._buffers[name] = torch.empty(dims, dtype=dtype, device=self.device)
-            self.context.set_tensor_address(name, self._buffers[name].data_ptr())
-        self._stream = torch.cuda.Stream(self.device)
-        self._torch = torch
+        if torch is not None:
+            for name in names:
+                dims = tuple(self.context.get_tensor_shape(name))
+                dtype = _torch_dtype(self.engine.get_tensor_dtype(name), trt, torch)
+                self._buffers[name] = torch.empty(dims, dtype=dtype, device=self.device)
+                self.context.set_tensor_address(name, self._buffers[name].data_ptr())
+            self._stream = torch.cuda.Stream(self.device)
+        else:
+            from mono2stereo_core.inference.cuda_runtime import CudaStream, DeviceBuffer
+
+            for name in names:
+                dims = tuple(self.context.get_tensor_shape(name))
+                dtype = _numpy_dtype(self.engine.get_tensor_dtype(name), trt)
+                self._buffers[name] = DeviceBuffer(dims, dtype)
+                self.context.set_tensor_address(name, self._buffers[name].ptr)
+            self._stream = CudaStream()
         # One execution context and one set of bound buffers: concurrent callers (a multi-threaded ROS
         # executor) must take turns or they would overwrite each other's inputs mid-inference.
         self._lock = threading.Lock()
@@ -110,6 +130,8 @@ class TensorRTRunner(StereoRunner):
 
     def infer(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
+        if torch is None:
+            return self._infer_cuda_python(left, right)
         with self._lock, torch.cuda.stream(self._stream):
             for name, array in (("left", left), ("right", right)):
                 buffer = self._buffers[name]
@@ -120,6 +142,29 @@ class TensorRTRunner(StereoRunner):
             disparity = self._buffers["disparity"].float().cpu()
             confidence = self._buffers["confidence"].float().cpu()
         return disparity.numpy(), confidence.numpy()
+
+    def _infer_cuda_python(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            for name, array in (("left", left), ("right", right)):
+                self._buffers[name].upload(array, self._stream)
+            if not self.context.execute_async_v3(self._stream.handle):
+                raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.path}")
+            disparity = self._buffers["disparity"].download(self._stream).astype(np.float32)
+            confidence = self._buffers["confidence"].download(self._stream).astype(np.float32)
+        return disparity, confidence
+
+
+def _numpy_dtype(trt_dtype, trt):
+    table = {
+        trt.DataType.FLOAT: np.float32,
+        trt.DataType.HALF: np.float16,
+        trt.DataType.INT32: np.int32,
+        trt.DataType.INT64: np.int64,
+        trt.DataType.BOOL: np.bool_,
+    }
+    if trt_dtype not in table:
+        raise ValueError(f"unsupported TensorRT tensor dtype {trt_dtype}")
+    return table[trt_dtype]
 
 
 def _torch_dtype(trt_dtype, trt, torch):
