@@ -63,7 +63,7 @@ def test_alignment_recovers_scale_and_shift_under_gross_outliers(motorcycle_gt, 
     # Plain least squares on the same points is far off: the test data really does defeat a naive fit.
     m, d = mono[valid], sparse[valid]
     naive_scale, naive_shift = np.polyfit(m, d, 1)
-    assert abs(naive_scale - 37.5) / 37.5 > 0.1 or abs(naive_shift + 4.0) > 2.0
+    assert abs(naive_scale - 37.5) / 37.5 > 0.1 and abs(naive_shift + 4.0) > 2.0
 
 
 def test_alignment_is_per_image_in_a_batch(motorcycle_gt):
