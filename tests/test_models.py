@@ -19,6 +19,7 @@ from mono2stereo_core.models.blocks import (
 )
 
 torch.set_num_threads(2)
+pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,15 @@ def test_variants_build_and_rebuild_from_config():
     assert build_model("m2s_tiny", refine_iterations=2).config["refine_iterations"] == 2
 
 
+def test_configs_written_before_the_context_branch_existed_rebuild_the_same_network():
+    legacy = {k: v for k, v in build_model("m2s_tiny").config.items() if k != "context_channels"}
+    rebuilt = build_from_config(legacy)
+    assert rebuilt.encoder.context is None
+    assert rebuilt.config == legacy  # the off value is not written, so old and new sidecars compare equal
+    assert build_model("m2s_rt").config.get("context_channels") is None
+    assert build_model("m2s_rt", context_channels=48).encoder.context is not None
+
+
 def test_build_rejects_bad_names_settings_and_disparity_ranges():
     with pytest.raises(ValueError, match="unknown stereo model 'psmnet'"):
         build_model("psmnet")
@@ -65,7 +75,7 @@ def test_forward_contract_on_non_square_inputs(height, width):
     assert disparity.min() >= 0 and 0 <= confidence.min() and confidence.max() <= 1
     assert isinstance(out, StereoOutput)
     assert torch.equal(out.disparity, disparity) and torch.equal(out.predictions[-1], disparity)
-    assert len(out.predictions) == 2 + model.config["refine_iterations"]
+    assert len(out.predictions) == 3 + model.config["refine_iterations"]
     assert all(p.shape == (2, 1, height, width) for p in out.predictions)
     d = model.max_disparity // out.downsample
     assert out.log_prob.shape == (2, d, height // out.downsample, width // out.downsample)

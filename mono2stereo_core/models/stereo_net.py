@@ -56,7 +56,9 @@ _VARIANTS: dict[str, dict[str, Any]] = {
         half_channels=16,
         quarter_channels=32,
         quarter_blocks=2,
-        context_channels=48,
+        # The shipped weights were trained without the 1/8 context branch; enable it with
+        # build_model("m2s_rt", context_channels=48) (+0.1 M parameters, +0.95 GMAC) for a new training run.
+        context_channels=0,
         corr_groups=8,
         agg_channels=8,
         hourglasses=1,
@@ -88,6 +90,10 @@ _VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_VARIANTS)
+
+# Settings added after checkpoints were first written, with the value that reproduces those older networks:
+# a sidecar without the key describes a network built before the setting existed.
+_LEGACY_DEFAULTS: dict[str, Any] = {"context_channels": 0}
 
 
 @dataclass
@@ -175,6 +181,11 @@ class StereoNet(nn.Module):
             edge_channels=edge_channels,
             argmax_radius=argmax_radius,
         )
+        # A setting at its legacy value is left out, so configs (and the sidecars that store them) of networks
+        # that do not use a later-added feature stay identical to those written before it existed.
+        for key, value in _LEGACY_DEFAULTS.items():
+            if self.config.get(key) == value:
+                del self.config[key]
         self.max_disparity = max_disparity
         self.downsample = COST_VOLUME_DOWNSAMPLE
         # 1/4 for the cost volume, and one more halving inside each hourglass.
@@ -266,11 +277,16 @@ class StereoNet(nn.Module):
         index, log_prob, confidence4 = local_soft_argmax(logits, radius=self.argmax_radius)
         disparity4 = index * float(COST_VOLUME_DOWNSAMPLE)
 
+        # The plain soft-argmax over *all* bins is supervised as the coarsest prediction: the local window
+        # only passes gradient to bins near the current arg-max, so without this term (or the distribution
+        # loss) a wrong arg-max far from the truth could only creep towards it one bin at a time.
+        global_index = (log_prob.exp() * self.bin_values.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
         predictions = [
+            F.interpolate(global_index, size=(h, w), mode="bilinear", align_corners=False),
             F.interpolate(disparity4, size=(h, w), mode="bilinear", align_corners=False),
         ]
         disparity2 = F.interpolate(disparity4, scale_factor=2, mode="bilinear", align_corners=False)
-        full = predictions[0]
+        full = predictions[-1]
         for refine, mask_head in zip(self.refinements, self.upsample_masks):
             disparity2, hidden = refine(left2, right2, disparity2, scale=2)
             full = convex_upsample(disparity2, mask_head(hidden), factor=2)
@@ -313,4 +329,6 @@ def build_from_config(config: dict[str, Any]) -> StereoNet:
     if not isinstance(config, dict) or "name" not in config:
         raise ValueError(f"a model config must be a dict with a 'name' key, instead got {config!r}")
     rest = {k: v for k, v in config.items() if k not in ("name", "max_disparity")}
+    for key, value in _LEGACY_DEFAULTS.items():
+        rest.setdefault(key, value)
     return build_model(config["name"], max_disparity=int(config.get("max_disparity", 192)), **rest)

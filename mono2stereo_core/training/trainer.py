@@ -11,7 +11,7 @@ Output folder layout (``out``)::
     tb/                       TensorBoard event files
     checkpoints/step_NNNNNNN.safetensors (+ .json sidecar)   model weights (``models.save_checkpoint``)
     checkpoints/step_NNNNNNN.state.safetensors / .state.json  optimizer, scheduler, RNG and loop state
-    checkpoints/best.safetensors (+ .json)                    lowest validation bad-2 so far
+    best.safetensors (+ .json) the weights with the lowest validation bad-2 so far (what to deploy)
     latest.json               pointer to the newest complete checkpoint (written last, atomically)
 
 Nothing is pickled: tensors go to safetensors, everything else to JSON (floats round-trip exactly
@@ -455,8 +455,7 @@ class Trainer:
     def _save_best(self) -> None:
         from ..models import save_checkpoint
 
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.ckpt_dir / "best.safetensors", unwrap(self.network), sidecar=self.checkpoint_sidecar())
+        save_checkpoint(self.out_dir / "best.safetensors", unwrap(self.network), sidecar=self.checkpoint_sidecar())
 
     # ----- loop ------------------------------------------------------------------------------------------
     def _loader(self, epoch: int, position: int) -> DataLoader:
