@@ -56,7 +56,7 @@ LEFT_FRAME = "left_camera_optical_frame"
 RIGHT_FRAME = "right_camera_optical_frame"
 DEFAULT_DOMAIN_ID = 77  # the demo's own domain, so it neither hears nor disturbs a robot on the default one
 CAMERA_RATE_HZ = 15.0
-SAMPLE_FORMAT = 1  # bump when the sample layout changes, so stale caches are regenerated
+SAMPLE_FORMAT = 2  # bump when the sample layout changes, so stale caches are regenerated
 PRETRAIN_COMMAND = "python training/pretrain.py --config config/train/pretrain_rt.yaml"
 INPUT_TOPICS = ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")
 
@@ -199,10 +199,9 @@ def generate_sample(sample_dir: Path, spec: SampleSpec) -> dict:
                 "keys": keys,
                 "camera": asdict(camera),
                 "gt_disparity_max": float(all_gt.max()),
-                "gt_depth_range_m": [
-                    float(camera.focal_baseline / all_gt.max()),
-                    float(camera.focal_baseline / np.percentile(all_gt, 1)),
-                ],
+                # Colour ranges from robust percentiles: one small object passing close to the rig must not
+                # squeeze the rest of the scene into one colour.
+                "gt_disparity_range": [float(np.percentile(all_gt, 1)), float(np.percentile(all_gt, 99.5))],
             },
             "motorcycle": {"keys": [frame_key(moto_left)], "camera": asdict(MOTORCYCLE_CAMERA)},
         }
@@ -568,9 +567,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"playback speed factor of the {CAMERA_RATE_HZ:.0f} Hz sample (default 0.1 = 1.5 Hz; 1 = real time)",
     )
     parser.add_argument("--sample-dir", type=Path, default=None, help="sample cache (default <out>/sample)")
-    parser.add_argument("--seed", type=int, default=3, help="procedural scene number (default 3)")
+    parser.add_argument("--seed", type=int, default=13, help="procedural scene number (default 13)")
     parser.add_argument("--domain-id", type=int, default=DEFAULT_DOMAIN_ID, help="ROS_DOMAIN_ID for the demo")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per segment (default 300)")
+    parser.add_argument(
+        "--docs-image", type=Path, default=None,
+        help="also write a downscaled JPEG of summary.png here (what README shows: docs/img/demo.jpg)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -653,6 +656,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             diagnostics=diagnostics, diagnostics_sequence=diagnostics_sequence,
         )
         print_summary(report, out)
+        if args.docs_image is not None:
+            write_docs_image(out / "summary.png", args.docs_image)
+            log(f"wrote {args.docs_image}")
         return 0
     except KeyboardInterrupt:
         stop.set()
@@ -663,13 +669,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         stop.set()
-        # Restore the default handlers first, so a second Ctrl-C during cleanup cannot skip the node's stop.
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if client is not None:
-            client.close()
-        if node is not None:
-            node.stop()
+        # A second Ctrl-C during cleanup must not skip stopping the node: ignore signals until it is down.
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            if client is not None:
+                client.close()
+            if node is not None:
+                node.stop()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def write_outputs(
@@ -693,25 +703,28 @@ def write_outputs(
     gt = np.load(sample_dir / "ground_truth.npz")
     gt_sequence = gt["procedural"]
     proc = meta["procedural"]
-    vmax = float(np.ceil(proc["gt_disparity_max"] * 1.1))
-    depth_range = (round(proc["gt_depth_range_m"][0] * 0.9, 1), float(np.ceil(proc["gt_depth_range_m"][1])))
+    low, high = proc["gt_disparity_range"]
+    vmax = float(np.ceil(high * 1.05))
+    focal_baseline = proc["camera"]["fx"] * proc["camera"]["baseline"]
+    depth_range = (round(focal_baseline / vmax, 1), float(np.ceil(focal_baseline / max(low, 0.5))))
     order = {key: i for i, key in enumerate(proc["keys"])}
     processed = [r for r in sequence if r.disparity is not None and r.depth is not None]
-    lefts = {}
+    # The input images come back from the bag (not the node), so they are exactly what was published.
+    pairs = {}
     with StereoBagReader(sample_dir / "procedural") as reader:
-        for i in range(len(reader)):
-            sample = reader[i]
-            lefts[frame_key(sample.left)] = sample.left
+        for sample in reader:
+            pairs[frame_key(sample.left)] = (sample.left, sample.right)
 
     frames_dir = out / "frames"
     if frames_dir.exists():
         shutil.rmtree(frames_dir)  # a previous run's frames would mix with this run's selection
     per_frame = []
-    panels = {}
+    panels, panels_disparity = {}, {}
     for result in tqdm(processed, desc="[demo] writing frame images", unit="frame"):
         index = order[result.key]
-        tiles, labels = _panel(lefts[result.key], result, vmax=vmax, depth_range=depth_range, title=f"frame {index}")
-        panels[index] = (tiles, labels)
+        tiles, labels = _panel(pairs[result.key][0], result, vmax=vmax, depth_range=depth_range, title=f"frame {index}")
+        panels[index] = (tiles, labels, result.key)
+        panels_disparity[index] = result.disparity
         save_png(frames_dir / f"procedural_{index:04d}.png", contact_sheet([tiles], labels=[labels], tile_width=tiles[0].shape[1]))
         m = disparity_metrics(result.disparity, gt_sequence[index].astype(np.float32))
         per_frame.append({"frame": index, "bad2": round(m.bad2, 2), "density": round(m.density, 2)})
@@ -738,10 +751,17 @@ def write_outputs(
     if len(chosen) > 3:
         chosen = [chosen[round(i * (len(chosen) - 1) / 2)] for i in range(3)]
     for index in chosen:
-        tiles, tile_labels = panels[index]
-        gt_tile = colorize_disparity(gt_sequence[index].astype(np.float32), vmin=0.0, vmax=vmax)
-        rows.append([*tiles, gt_tile, None])
-        labels.append([*tile_labels, "ground truth", ""])
+        tiles, tile_labels, key = panels[index]
+        frame_gt = gt_sequence[index].astype(np.float32)
+        frame_sgbm = sgbm_disparity(*pairs[key], num_disparities=sgbm_num_disparities(float(frame_gt.max())))
+        net_m, sgbm_m = disparity_metrics(panels_disparity[index], frame_gt), disparity_metrics(frame_sgbm, frame_gt)
+        rows.append([
+            *tiles, colorize_disparity(frame_gt, vmin=0.0, vmax=vmax), colorize_disparity(frame_sgbm, vmin=0.0, vmax=vmax)
+        ])
+        labels.append([
+            tile_labels[0], f"network: bad-2 {net_m.bad2:.1f}%, density {net_m.density:.0f}%", tile_labels[2],
+            "ground truth", f"SGBM: bad-2 {sgbm_m.bad2:.1f}%, density {sgbm_m.density:.0f}%",
+        ])
     rows.append([*moto_tiles, colorize_disparity(moto_gt, vmin=0.0, vmax=moto_vmax), colorize_disparity(sgbm, vmin=0.0, vmax=moto_vmax)])
     labels.append([
         "motorcycle (Middlebury)",
@@ -797,6 +817,23 @@ def write_outputs(
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def write_docs_image(summary: Path, path: Path, *, width: int = 1100, max_bytes: int = 300_000) -> None:
+    """A README-sized JPEG of the contact sheet, under ``max_bytes`` (quality lowered until it fits)."""
+    import cv2
+
+    image = cv2.imread(str(summary))
+    if image is None:
+        raise DemoError(f"cannot read {summary} to make {path}")
+    height = round(image.shape[0] * width / image.shape[1])
+    small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    for quality in (88, 80, 70, 60, 50):
+        ok, data = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok and data.size <= max_bytes:
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.tobytes())
 
 
 def print_summary(report: dict, out: Path) -> None:

@@ -78,9 +78,10 @@ def synthesized_folder(tmp_path_factory):
     return root
 
 
-def make_trainer(folder: Path, out: Path, *, steps: int, seed: int = 0, context=CPU, extra=()):
-    config = load_config(None, overrides=[*TINY, f"data.root={folder}", f"optim.steps={steps}", f"seed={seed}", *extra])
-    torch.manual_seed(seed)
+def make_trainer(folder: Path, out: Path, *, steps: int, init_seed: int = 0, context=CPU, extra=()):
+    """A trainer of m2s_tiny on ``folder``; ``init_seed`` only changes the initial weights, not the recipe."""
+    config = load_config(None, overrides=[*TINY, f"data.root={folder}", f"optim.steps={steps}", *extra])
+    torch.manual_seed(init_seed)
     network = build_model("m2s_tiny", max_disparity=64)
     dataset = SynthesizedFolderDataset(folder, crop=_crop(), max_disparity=64, augment=None)
     return Trainer(
@@ -116,7 +117,7 @@ def test_checkpoint_round_trip_is_bit_exact(synthesized_folder, tmp_path):
     first = make_trainer(synthesized_folder, tmp_path / "run", steps=6, extra=["trainer.checkpoint_every=3"])
     first.fit()
     # A fresh trainer with a differently initialised network restores everything from step 6's files.
-    second = make_trainer(synthesized_folder, tmp_path / "run", steps=6, seed=123)
+    second = make_trainer(synthesized_folder, tmp_path / "run", steps=6, init_seed=123, extra=["trainer.checkpoint_every=3"])
     assert second.resume() and second.step == 6
     for key, value in first.network.state_dict().items():
         assert torch.equal(value, second.network.state_dict()[key]), key
@@ -198,7 +199,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, folder: str, out: str) ->
     context = init_distributed(prefer_cuda=False)
     try:
         # Different initial weights per rank: DDP must broadcast rank 0's before the first step.
-        trainer = make_trainer(Path(folder), Path(out) / "run", steps=3, seed=rank, context=context)
+        trainer = make_trainer(Path(folder), Path(out) / "run", steps=3, init_seed=rank, context=context)
         trainer.fit()
         save_file({k: v.contiguous() for k, v in trainer.network.state_dict().items()}, f"{out}/rank{rank}.safetensors")
         indices = trainer.sampler.indices().tolist()

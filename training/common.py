@@ -18,7 +18,11 @@ if str(REPO_ROOT) not in sys.path:  # run as `python training/x.py` from a check
 
 from mono2stereo_core.models import build_model  # noqa: E402
 from mono2stereo_core.training.distributed import DistributedContext  # noqa: E402
-from mono2stereo_core.training.trainer import load_network_weights, machine_description  # noqa: E402
+from mono2stereo_core.training.trainer import (  # noqa: E402
+    load_network_weights,
+    machine_description,
+    seed_everything,
+)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +71,12 @@ def set_threads(threads: int | None, config: dict[str, Any]) -> None:
 
 
 def build_network(config: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any] | None]:
-    """The recipe's network, initialised from ``model.init`` when set; returns (network, init sidecar)."""
+    """The recipe's network, initialised from ``model.init`` when set; returns (network, init sidecar).
+
+    The global RNGs are seeded from ``config['seed']`` first: the initial weights are part of the recipe
+    (torch seeds every new process randomly otherwise).
+    """
+    seed_everything(int(config["seed"]))
     model_cfg = config["model"]
     network = build_model(
         model_cfg["name"], max_disparity=int(model_cfg["max_disparity"]), **dict(model_cfg.get("overrides") or {})

@@ -280,9 +280,9 @@ class StereoNet(nn.Module):
         # The plain soft-argmax over *all* bins is supervised as the coarsest prediction: the local window
         # only passes gradient to bins near the current arg-max, so without this term (or the distribution
         # loss) a wrong arg-max far from the truth could only creep towards it one bin at a time.
-        global_index = (log_prob.exp() * self.bin_values.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
+        global_disparity = (log_prob.exp() * self.bin_values.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
         predictions = [
-            F.interpolate(global_index, size=(h, w), mode="bilinear", align_corners=False),
+            F.interpolate(global_disparity, size=(h, w), mode="bilinear", align_corners=False),
             F.interpolate(disparity4, size=(h, w), mode="bilinear", align_corners=False),
         ]
         disparity2 = F.interpolate(disparity4, scale_factor=2, mode="bilinear", align_corners=False)
