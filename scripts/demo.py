@@ -343,6 +343,7 @@ class DemoClient:
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = Node("mono2stereo_demo", namespace=NAMESPACE, context=self.context)
         self.data = Collector()
+        self.players = 0
         # Deep reliable histories: the demo must see every left image and every output the node sends.
         qos = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
         self.subscriptions = {
@@ -461,24 +462,47 @@ def play_segment(
     its disparity, depth and cloud mark the end of the segment.
     """
     from mono2stereo.player import BagPlayer
+    from tqdm import tqdm
 
     player = BagPlayer(client.node, bag, rate=rate, restamp=True, qos_depth=10)
+    client.players += 1  # each player adds its own publishers to the demo's node
     inputs = [f"{NAMESPACE}/{name}" for name in INPUT_TOPICS]
     if not player.wait_for_subscribers(inputs, timeout_s=timeout):
         raise DemoError(f"stereo_node did not subscribe to {inputs} within {timeout:.0f} s:\n{node.log_tail()}")
+    # The demo identifies frames by the left images it receives itself, so this player's left publisher must be
+    # matched to the demo's subscription too (earlier players' publishers are still there: count them all).
     wait_for(
-        lambda: client.subscriptions["left/image_rect"].get_publisher_count() > 0,
+        lambda: client.subscriptions["left/image_rect"].get_publisher_count() >= client.players,
         timeout=timeout, node=node, what="the demo's own left image subscription to match the player",
     )
     wanted = set(keys)
-    start = time.monotonic()
-    player.play(stop=stop)
-    if stop.is_set():
-        raise KeyboardInterrupt
 
     def segment() -> list[FrameResult]:
         with client.data.lock:
             return [r for r in client.data.frames.values() if r.key in wanted]
+
+    start = time.monotonic()
+    # The player paces itself on a worker thread; this thread shows progress and stays interruptible.
+    playing = threading.Thread(target=player.play, kwargs={"stop": stop}, name="demo-player", daemon=True)
+    playing.start()
+    try:
+        with tqdm(total=len(keys), desc=f"[demo] playing {bag.name}", unit="pair", disable=len(keys) < 2) as bar:
+            while playing.is_alive():
+                playing.join(timeout=0.25)
+                results = segment()
+                bar.update(len(results) - bar.n)
+                bar.set_postfix(processed=sum(r.disparity is not None for r in results), refresh=False)
+                if not node.alive():
+                    raise DemoError(
+                        f"stereo_node exited (code {node.proc.returncode}) during playback; its log "
+                        f"({node.log_path}):\n{node.log_tail()}"
+                    )
+    finally:
+        if playing.is_alive():  # interrupted or failed: stop publishing before the node and context go down
+            stop.set()
+            playing.join(timeout=5)
+    if stop.is_set():
+        raise KeyboardInterrupt
 
     wait_for(
         lambda: len(segment()) >= len(keys), timeout=30, node=node, what=f"the {len(keys)} left images of {bag.name}"
@@ -517,6 +541,17 @@ def write_ply_from_cloud(path: Path, cloud) -> int:
         width=cloud.width, row_step=cloud.row_step, is_bigendian=cloud.is_bigendian,
     )
     return write_ply(path, points, colors)
+
+
+def model_name(model: Path) -> str:
+    """The architecture name from a checkpoint's sidecar (``m2s_rt``), else the file name (ONNX, engines)."""
+    sidecar = model.with_suffix(".json")
+    if model.suffix == ".safetensors" and sidecar.is_file():
+        try:
+            return str(json.loads(sidecar.read_text())["architecture"]["name"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
+    return model.name
 
 
 def _latency_summary(results: Sequence[FrameResult]) -> dict:
@@ -572,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per segment (default 300)")
     parser.add_argument(
         "--docs-image", type=Path, default=None,
-        help="also write a downscaled JPEG of summary.png here (what README shows: docs/img/demo.jpg)",
+        help="also write a README-sized copy of summary.png (<= 300 KB, .png or .jpg) here, e.g. docs/img/demo.png",
     )
     args = parser.parse_args(argv)
 
@@ -623,6 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = ensure_sample(sample_dir, spec)
         log(f"starting stereo_node (model {model}, backend {args.backend}, ROS_DOMAIN_ID {args.domain_id}); "
             f"log: {out / 'stereo_node.log'}")
+        # rclpy reads this when the demo's own context starts: its participant stays on this host as well.
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         node = StereoNodeProcess(model=model, backend=args.backend, domain_id=args.domain_id, log_path=out / "stereo_node.log")
         client = DemoClient(domain_id=args.domain_id)
@@ -745,6 +781,7 @@ def write_outputs(
     save_png(frames_dir / "motorcycle.png", contact_sheet([moto_tiles], labels=[moto_labels], tile_width=moto_left.shape[1]))
 
     net, base = regions["all"], regions["compare_all"]
+    name = model_name(model)
     # Summary: a few procedural frames spread over the sequence, then the motorcycle with GT and SGBM beside it.
     rows, labels = [], []
     chosen = sorted(panels)
@@ -759,13 +796,13 @@ def write_outputs(
             *tiles, colorize_disparity(frame_gt, vmin=0.0, vmax=vmax), colorize_disparity(frame_sgbm, vmin=0.0, vmax=vmax)
         ])
         labels.append([
-            tile_labels[0], f"network: bad-2 {net_m.bad2:.1f}%, density {net_m.density:.0f}%", tile_labels[2],
+            tile_labels[0], f"{name}: bad-2 {net_m.bad2:.1f}%, density {net_m.density:.0f}%", tile_labels[2],
             "ground truth", f"SGBM: bad-2 {sgbm_m.bad2:.1f}%, density {sgbm_m.density:.0f}%",
         ])
     rows.append([*moto_tiles, colorize_disparity(moto_gt, vmin=0.0, vmax=moto_vmax), colorize_disparity(sgbm, vmin=0.0, vmax=moto_vmax)])
     labels.append([
         "motorcycle (Middlebury)",
-        f"network: bad-2 {net.bad2:.1f}%, density {net.density:.0f}%",
+        f"{name}: bad-2 {net.bad2:.1f}%, density {net.density:.0f}%",
         moto_labels[2],
         "ground truth",
         f"SGBM: bad-2 {base.bad2:.1f}%, density {base.density:.0f}%",
@@ -785,6 +822,7 @@ def write_outputs(
     bad2 = [f["bad2"] for f in per_frame]
     report = {
         "model": str(model),
+        "model_name": model_name(model),
         "backend": diagnostics.get("backend", backend),
         "sample": meta["spec"],
         "sequence": {
@@ -819,21 +857,34 @@ def write_outputs(
     return report
 
 
-def write_docs_image(summary: Path, path: Path, *, width: int = 1100, max_bytes: int = 300_000) -> None:
-    """A README-sized JPEG of the contact sheet, under ``max_bytes`` (quality lowered until it fits)."""
-    import cv2
+def write_docs_image(summary: Path, path: Path, *, max_bytes: int = 300_000) -> None:
+    """A README-sized copy of the contact sheet, at most ``max_bytes``.
 
-    image = cv2.imread(str(summary))
-    if image is None:
-        raise DemoError(f"cannot read {summary} to make {path}")
-    height = round(image.shape[0] * width / image.shape[1])
-    small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    for quality in (88, 80, 70, 60, 50):
-        ok, data = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if ok and data.size <= max_bytes:
+    ``.png``: downscaled and reduced to a palette (the sheet is colour maps and photos, 256 colours read fine),
+    shrinking until it fits; ``.jpg``: downscaled, quality lowered until it fits.
+    """
+    import io
+
+    from PIL import Image as PilImage
+
+    image = PilImage.open(summary).convert("RGB")
+    png = path.suffix.lower() == ".png"
+    if not png and path.suffix.lower() not in (".jpg", ".jpeg"):
+        raise DemoError(f"--docs-image must end in .png, .jpg or .jpeg, instead got {path}")
+    attempts = [(1100, 256), (960, 256), (960, 128), (800, 128), (640, 64)] if png else [(1100, q) for q in (88, 78, 68, 58)]
+    data = b""
+    for width, setting in attempts:
+        small = image.resize((width, round(image.height * width / image.width)), PilImage.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        if png:
+            small.quantize(colors=setting, dither=PilImage.Dither.NONE).save(buffer, format="PNG", optimize=True)
+        else:
+            small.save(buffer, format="JPEG", quality=setting, optimize=True)
+        data = buffer.getvalue()
+        if len(data) <= max_bytes:
             break
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data.tobytes())
+    path.write_bytes(data)
 
 
 def print_summary(report: dict, out: Path) -> None:

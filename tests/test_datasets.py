@@ -24,12 +24,13 @@ from mono2stereo_core.geometry import MOTORCYCLE_CAMERA, depth_to_points
 from mono2stereo_core.image_encoding import encode_image
 from mono2stereo_core.pointcloud import FLOAT32, invert_transform, quaternion_to_matrix
 from mono2stereo_core.synthesis.augment import AugmentConfig
-from mono2stereo_core.synthesis.pipeline import synthesize_pair
+from mono2stereo_core.synthesis.pipeline import SynthesisConfig, synthesize_pair
 from mono2stereo_core.synthesis.warp import backward_warp
 from mono2stereo_core.training.datasets import (
     BagSelfSynthesisDataset,
     CropSpec,
     GroundTruthFolderDataset,
+    MonoDisparitySource,
     MonoTeacher,
     NetworkDisparitySource,
     ProceduralStereoDataset,
@@ -341,6 +342,14 @@ def test_gt_free_dataset_synthesizes_from_the_bag_left_frames(lidar_bag):
     )
     item = dataset[0]
     assert item["left"].shape == (3, 64, 96)
+    # With a mono model the scene geometry is its prediction at a random plausible scale: same ordering as
+    # the true disparity (near = large), a nearest point within the configured range, reproducible per key.
+    source = MonoDisparitySource(_ShiftedInverseDepth(written["gt"]), config=SynthesisConfig(max_disparity=48))
+    disparity = source(written["left"], written["right"], key="pair0")
+    finite = np.isfinite(written["gt"])
+    assert np.corrcoef(disparity[finite], written["gt"][finite])[0, 1] > 0.99
+    assert 0.1 * 48 <= float(disparity.max()) <= 1.5 * 48
+    np.testing.assert_array_equal(disparity, source(written["left"], written["right"], key="pair0"))
     # The left view of a synthesized pair is a crop of the bag's own left frame.
     crop_u8 = (item["left"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     assert _best_match(written["left"], crop_u8) < 0.5

@@ -58,15 +58,22 @@ def model(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("model"))
 
 
-def test_demo_writes_images_clouds_and_report(model, tmp_path):
-    out = tmp_path / "demo_out"
+@pytest.fixture(scope="module")
+def first_run(model, tmp_path_factory):
+    """One complete demo run (it generates the sample on the way); the tests below inspect it."""
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
     start = time.monotonic()
     result = subprocess.run(
         demo_command(out, model), cwd=str(REPO), env=ros_env(DOMAIN_ID), capture_output=True, text=True, timeout=180
     )
-    elapsed = time.monotonic() - start
+    return out, result, time.monotonic() - start
+
+
+def test_demo_writes_images_clouds_and_report(model, first_run):
+    out, result, elapsed = first_run
     assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
     assert "latency" in result.stdout and "Hz" in result.stdout, result.stdout
+    assert "first run: generating the sample" in result.stdout
     assert (out / "sample" / "procedural" / "metadata.yaml").is_file()
     assert (out / "sample" / "motorcycle" / "metadata.yaml").is_file()
 
@@ -75,7 +82,7 @@ def test_demo_writes_images_clouds_and_report(model, tmp_path):
     assert seq["frames_published"] == FRAMES
     assert 1 <= seq["frames_processed"] <= FRAMES
     assert seq["latency"]["count"] == seq["frames_processed"] and seq["latency"]["median_ms"] > 0
-    assert report["backend"] == "torch" and report["model"] == str(model.resolve())
+    assert report["backend"] == "torch" and report["model"] == str(model.resolve()) and report["model_name"] == "m2s_tiny"
     assert report["node_diagnostics"]["errors"] == "0", report["node_diagnostics"]
 
     moto = report["motorcycle"]
@@ -117,11 +124,12 @@ def test_demo_writes_images_clouds_and_report(model, tmp_path):
     assert elapsed < 90, f"demo took {elapsed:.0f} s"
 
 
-def test_ctrl_c_stops_the_node_and_exits_nonzero(model, tmp_path):
-    out = tmp_path / "demo_out"
+def test_second_run_reuses_the_sample_and_ctrl_c_stops_the_node(model, first_run, tmp_path):
+    sample_dir = first_run[0] / "sample"
+    assert (sample_dir / "sample.json").is_file()
     # A slow playback keeps the demo busy long enough to be interrupted mid-run.
     proc = subprocess.Popen(
-        demo_command(out, model, "--rate", "0.05"), cwd=str(REPO), env=ros_env(DOMAIN_ID),
+        demo_command(tmp_path / "demo_out", model, "--rate", "0.05", "--sample-dir", str(sample_dir)), cwd=str(REPO), env=ros_env(DOMAIN_ID),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     node_pid = None
@@ -136,6 +144,7 @@ def test_ctrl_c_stops_the_node_and_exits_nonzero(model, tmp_path):
             if "is up after" in line:
                 node_pid = int(line.split("(pid ")[1].split(")")[0])
         assert node_pid is not None, "".join(lines)
+        assert any("using the cached sample" in line for line in lines), "".join(lines)
         assert Path(f"/proc/{node_pid}").exists()
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)

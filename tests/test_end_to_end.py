@@ -10,6 +10,7 @@ file in-process. Discovery stays on this host, reliable QoS, own ``ROS_DOMAIN_ID
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -163,9 +164,12 @@ def test_recorded_bag_finetunes_exports_and_serves(client, scenes, tmp_path):
         log_path=tmp_path / "finetune.log",
         timeout=120,
     )
-    assert f"{PAIRS} pairs" in output, output[-2000:]
     finetuned = Path(output.rsplit("weights:", 1)[1].split()[0])
     assert finetuned.is_file() and finetuned.with_suffix(".json").is_file(), output[-2000:]
+    # The sidecar records what the weights were trained on: the recorded bag, all its pairs, the sparse topic.
+    recipe = json.loads(finetuned.with_suffix(".json").read_text())
+    assert recipe["data"]["pairs"] == PAIRS and recipe["data"]["depth_topic"] == "/sparse_depth", recipe["data"]
+    assert recipe["data"]["bags"] == [str(bags[0])], recipe["data"]
     before, after = load_file(str(init)), load_file(str(finetuned))
     assert before.keys() == after.keys()
     changed = [name for name in before if not np.array_equal(before[name], after[name])]

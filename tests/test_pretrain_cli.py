@@ -61,8 +61,11 @@ def test_short_run_writes_a_loadable_checkpoint_and_refuses_to_overwrite(tmp_pat
     # Same folder again without --resume: refused, nothing overwritten.
     again = run("--config", str(recipe), "--out", str(out), "--no-progress")
     assert again.returncode != 0 and "pass --resume" in again.stderr
-    # --resume on a finished run: nothing left to do, exits cleanly at the same step.
-    resumed = run("--config", str(recipe), "--out", str(out), "--no-progress", "--resume")
+    # --resume with another recipe (the --set is missing) would mix two trainings: refused.
+    other = run("--config", str(recipe), "--out", str(out), "--no-progress", "--resume")
+    assert other.returncode != 0 and "config hash" in other.stderr
+    # --resume of a finished run with its recipe: nothing left to do, exits cleanly at the same step.
+    resumed = run("--config", str(recipe), "--out", str(out), "--no-progress", "--resume", "--set", "optim.lr=0.002")
     assert resumed.returncode == 0, resumed.stderr
     assert "finished 3 steps" in resumed.stdout
 
@@ -75,3 +78,21 @@ def test_bad_overrides_and_configs_name_the_problem(tmp_path):
     assert result.returncode != 0 and "multiple of the network stride 8, instead got 100" in result.stderr
     result = run("--config", str(tmp_path / "missing.yaml"))
     assert result.returncode != 0 and "missing.yaml does not exist" in result.stderr
+
+
+def test_shipped_weights_beat_sgbm_on_motorcycle():
+    """Regression guard for weights/m2s_rt.safetensors: dense all-pixel bad-2 below OpenCV SGBM's, same run."""
+    import torch
+
+    from mono2stereo_core.training.trainer import GroundTruthValidation
+
+    weights = REPO / "weights" / "m2s_rt.safetensors"
+    model, sidecar = load_model(weights)
+    assert sidecar["architecture"]["name"] == "m2s_rt" and weights.stat().st_size < 20e6
+    assert "training/pretrain.py" in sidecar["reproduce"]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    metrics, _ = GroundTruthValidation("motorcycle")(model, device=torch.device("cpu"))
+    assert metrics["density"] == 100.0
+    assert metrics["bad2"] < metrics["sgbm_bad2"], metrics
+    # The sidecar's numbers are the ones this run measures (same code, same pair).
+    assert abs(sidecar["motorcycle"]["bad2"] - metrics["bad2"]) < 0.5

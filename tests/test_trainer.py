@@ -101,16 +101,17 @@ def _losses(out: Path) -> dict[int, float]:
 
 
 def test_a_few_steps_lower_the_loss_on_synthesized_pairs(synthesized_folder, tmp_path):
-    trainer = make_trainer(synthesized_folder, tmp_path / "run", steps=16)
+    trainer = make_trainer(synthesized_folder, tmp_path / "run", steps=12)
     summary = trainer.fit()
-    assert summary["status"] == "finished" and summary["step"] == 16
+    assert summary["status"] == "finished" and summary["step"] == 12
     losses = _losses(tmp_path / "run")
     first = np.mean([losses[s] for s in (1, 2)])
-    last = np.mean([losses[s] for s in (15, 16)])
-    assert last < 0.6 * first, (first, last)
+    last = np.mean([losses[s] for s in (11, 12)])
+    # Measured: about 0.5 (38.6 -> 18.8) with these seeds; an untrained or frozen network stays near 1.
+    assert last < 0.65 * first, (first, last)
     # The final checkpoint loads through the public API with its sidecar.
     model, sidecar = load_model(summary["checkpoint"])
-    assert sidecar["architecture"]["name"] == "m2s_tiny" and sidecar["step"] == 16
+    assert sidecar["architecture"]["name"] == "m2s_tiny" and sidecar["step"] == 12
 
 
 def test_checkpoint_round_trip_is_bit_exact(synthesized_folder, tmp_path):

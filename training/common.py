@@ -129,4 +129,4 @@ def report(summary: dict[str, Any], *, out: Path, is_main: bool) -> None:
     else:
         best = summary.get("best") or {}
         extra = f"; best motorcycle bad-2 {best['bad2']:.2f} % at step {best['step']}" if "bad2" in best else ""
-        print(f"finished {summary['step']} steps in {summary['elapsed_s'] / 60:.1f} min{extra}; weights: {summary['checkpoint']}")
+        print(f"finished {summary['step']} steps in {summary['wall_s'] / 60:.1f} min{extra}; weights: {summary['checkpoint']}")

@@ -195,5 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_distributed()
 
 
+def cli() -> int:
+    """``main`` with user errors (bad recipe values, missing files, unreadable bags) as one clear line."""
+    try:
+        return main()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

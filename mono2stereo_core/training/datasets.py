@@ -666,7 +666,7 @@ class MonoDisparitySource:
         prediction = np.asarray(prediction, dtype=np.float32)
         if prediction.shape != left.shape[:2]:
             prediction = cv2.resize(prediction, (left.shape[1], left.shape[0]), interpolation=cv2.INTER_LINEAR)
-        rng = np.random.default_rng([self.base_seed, zlib_crc(key)])
+        rng = np.random.default_rng([self.base_seed, _stable_seed(key)])
         disparity, _ = depth_to_training_disparity(
             prediction, kind=getattr(self.mono, "output_kind", "inverse_depth"), config=self.config, rng=rng, source=key
         )
@@ -674,7 +674,9 @@ class MonoDisparitySource:
 
 
 @torch.no_grad()
-def predict_pair(network: torch.nn.Module, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def predict_pair(
+    network: torch.nn.Module, left: np.ndarray, right: np.ndarray, *, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """H x W disparity of a stereo network for one uint8 pair, padded (edge) to its stride and cropped back."""
     stride = int(network.stride)
     h, w = left.shape[:2]
@@ -682,7 +684,7 @@ def predict_pair(network: torch.nn.Module, left: np.ndarray, right: np.ndarray) 
 
     def prep(image: np.ndarray) -> torch.Tensor:
         padded = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-        return torch.from_numpy(padded.transpose(2, 0, 1).copy()).float().div(255.0)[None]
+        return torch.from_numpy(padded.transpose(2, 0, 1).copy()).float().div(255.0)[None].to(device)
 
     was_training = network.training
     network.eval()
@@ -690,7 +692,7 @@ def predict_pair(network: torch.nn.Module, left: np.ndarray, right: np.ndarray) 
         disparity, _ = network(prep(left), prep(right))
     finally:
         network.train(was_training)
-    return disparity[0, 0, :h, :w].cpu().numpy().astype(np.float32)
+    return disparity[0, 0, :h, :w].float().cpu().numpy()
 
 
 class NetworkDisparitySource:
@@ -728,7 +730,7 @@ class NetworkTeacher:
         return _cached_map(self.cache_dir, f"stereo_{key}", lambda: predict_pair(self.network, left, right))
 
 
-def zlib_crc(text: str) -> int:
+def _stable_seed(text: str) -> int:
     """A stable (process-independent, unlike ``hash``) 32-bit seed from a string key."""
     return zlib.crc32(text.encode())
 

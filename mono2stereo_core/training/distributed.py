@@ -113,3 +113,16 @@ class ResumableDistributedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(0, self.per_rank - self.start)
+
+
+def broadcast_buffers(module: torch.nn.Module, context: DistributedContext) -> None:
+    """Copies rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP averages gradients, so parameters stay identical, but each rank updates its BatchNorm running
+    statistics from its own shard in the last forward pass; after this call all ranks hold rank 0's
+    model exactly (the one the checkpoints contain).
+    """
+    if not context.enabled:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)

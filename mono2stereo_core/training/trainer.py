@@ -25,7 +25,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import socket
 import time
@@ -46,6 +45,7 @@ from .distributed import (
     DistributedContext,
     ResumableDistributedSampler,
     average_scalar,
+    broadcast_buffers,
     broadcast_flag,
 )
 
@@ -187,34 +187,15 @@ class GroundTruthValidation:
             sgbm = sgbm_disparity(left, right, num_disparities=sgbm_num_disparities(float(np.nanmax(gt))))
             self.samples.append((sample.name, left, right, gt, sgbm))
 
-    @staticmethod
-    @torch.no_grad()
-    def predict(network: nn.Module, left: np.ndarray, right: np.ndarray, *, device: torch.device) -> np.ndarray:
-        """Full-resolution H x W disparity of ``network`` for a uint8 pair (padded to the stride inside)."""
-        stride = int(getattr(network, "stride", 1))
-        h, w = left.shape[:2]
-        ph, pw = -(-h // stride) * stride, -(-w // stride) * stride
-
-        def prep(image: np.ndarray) -> torch.Tensor:
-            padded = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-            return torch.from_numpy(padded.transpose(2, 0, 1).copy()).float().div(255.0)[None].to(device)
-
-        was_training = network.training
-        network.eval()
-        try:
-            disparity, _ = network(prep(left), prep(right))
-        finally:
-            network.train(was_training)
-        return disparity[0, 0, :h, :w].float().cpu().numpy()
-
     def __call__(self, network: nn.Module, *, device: torch.device) -> tuple[dict[str, float], np.ndarray]:
         """Pooled metrics over all scenes, and the first scene's prediction (for the TensorBoard image)."""
         from ..evaluation import evaluate_disparity
+        from .datasets import predict_pair
 
         pooled: dict[str, Any] = {}
         first = None
         for _, left, right, gt, sgbm in self.samples:
-            disparity = self.predict(network, left, right, device=device)
+            disparity = predict_pair(network, left, right, device=device)
             first = disparity if first is None else first
             for region, counts in evaluate_disparity(disparity, gt, compare=sgbm).items():
                 pooled[region] = counts if region not in pooled else pooled[region] + counts
@@ -298,10 +279,18 @@ class Trainer:
                 f"{self.batch_size}; lower optim.batch_size or add data"
             )
         self.step = 0
+        # Seconds inside optimizer steps (compute) and of the whole run (data, validation, checkpoints).
         self.elapsed_s = 0.0
+        self._wall_base = 0.0
+        self._wall_start = time.monotonic()
         self.best: dict[str, Any] = {}
         self._stop_signal: int | None = None
         self._writer = None
+
+    @property
+    def wall_s(self) -> float:
+        """Wall-clock seconds of the run so far, across resumes."""
+        return self._wall_base + time.monotonic() - self._wall_start
 
     # ----- signals ---------------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
@@ -326,7 +315,8 @@ class Trainer:
                 "step": self.step,
                 "total_steps": self.total_steps,
                 "config_hash": config_hash(self.config),
-                "training_wall_time_s": round(self.elapsed_s, 1),
+                "training_wall_time_s": round(self.wall_s, 1),
+                "training_step_time_s": round(self.elapsed_s, 1),
             }
         )
         if self.best:
@@ -356,6 +346,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state_json(),
             "elapsed_s": self.elapsed_s,
+            "wall_s": self.wall_s,
             "best": self.best,
             "config_hash": config_hash(self.config),
             "world_size": self.context.world_size,
@@ -406,6 +397,8 @@ class Trainer:
         restore_rng(tensors, state["rng"])
         self.step = int(state["step"])
         self.elapsed_s = float(state["elapsed_s"])
+        self._wall_base = float(state.get("wall_s", self.elapsed_s))
+        self._wall_start = time.monotonic()
         self.best = dict(state.get("best") or {})
         return True
 
@@ -498,6 +491,7 @@ class Trainer:
         if self.context.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             dump_config(self.config, self.out_dir / "config.yaml")
+        self._wall_start = time.monotonic()
         resumed = self.resume() if resume else False
         if not resumed:
             seed_everything(int(self.config["seed"]) + self.context.rank)
@@ -558,6 +552,7 @@ class Trainer:
                         break
                 if status == "interrupted":
                     break
+            broadcast_buffers(self.network, self.context)
             if status == "finished":
                 if val_every and self.step % val_every:
                     self._validate()
@@ -574,6 +569,7 @@ class Trainer:
             "signal": self._stop_signal,
             "step": self.step,
             "elapsed_s": self.elapsed_s,
+            "wall_s": self.wall_s,
             "best": self.best,
             "checkpoint": str(self.ckpt_dir / f"step_{self.step:07d}.safetensors"),
         }
@@ -611,13 +607,3 @@ def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} ({socket.gethostname()})"
     return f"CPU, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads ({socket.gethostname()})"
-
-
-def copy_checkpoint(source: str | Path, destination: str | Path) -> None:
-    """Copies a weights file and its JSON sidecar (``X.safetensors`` -> ``X.json``)."""
-    source, destination = Path(source), Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, destination)
-    side = source.with_suffix(".json")
-    if side.is_file():
-        shutil.copyfile(side, destination.with_suffix(".json"))
