@@ -602,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"playback speed factor of the {CAMERA_RATE_HZ:.0f} Hz sample (default 0.1 = 1.5 Hz; 1 = real time)",
     )
     parser.add_argument("--sample-dir", type=Path, default=None, help="sample cache (default <out>/sample)")
-    parser.add_argument("--seed", type=int, default=13, help="procedural scene number (default 13)")
+    parser.add_argument("--seed", type=int, default=27, help="procedural scene number (default 27)")
     parser.add_argument("--domain-id", type=int, default=DEFAULT_DOMAIN_ID, help="ROS_DOMAIN_ID for the demo")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per segment (default 300)")
     parser.add_argument(

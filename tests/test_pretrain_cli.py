@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mono2stereo_core.models import load_model
@@ -44,6 +45,7 @@ def test_help_describes_the_command():
         assert text in result.stdout, text
 
 
+@pytest.mark.slow
 def test_short_run_writes_a_loadable_checkpoint_and_refuses_to_overwrite(tmp_path):
     recipe = tiny_recipe(tmp_path)
     out = tmp_path / "run"

@@ -160,6 +160,7 @@ def _pretrain(config: Path, out: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_gives_the_same_next_step_loss(tmp_path):
     config = _pretrain_config(tmp_path)
     uninterrupted = _pretrain(config, tmp_path / "full")

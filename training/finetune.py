@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                 cache_dir=cache,
             )
             mode = "gt-free-mono" if mono is not None else "gt-free-self"
-        second = frozen if sparse and float(config["loss"]["second_teacher_weight"]) > 0 else None
+        # With a mono teacher the frozen network adds its (metric) opinion as second teacher; without one it
+        # already is the teacher, and a second copy of the same KL would only double the cost.
+        second = frozen if sparse and mono is not None and float(config["loss"]["second_teacher_weight"]) > 0 else None
         sidecar = base_sidecar(config, stage=f"finetune ({mode})", context=context)
         sidecar["data"] = {
             "kind": "bags",
