@@ -19,6 +19,8 @@ if str(REPO_ROOT) not in sys.path:  # run as `python training/x.py` from a check
 from mono2stereo_core.models import build_model  # noqa: E402
 from mono2stereo_core.training.distributed import DistributedContext  # noqa: E402
 from mono2stereo_core.training.trainer import (  # noqa: E402
+    GroundTruthValidation,
+    Trainer,
     load_network_weights,
     machine_description,
     seed_everything,
@@ -130,3 +132,26 @@ def report(summary: dict[str, Any], *, out: Path, is_main: bool) -> None:
         best = summary.get("best") or {}
         extra = f"; best motorcycle bad-2 {best['bad2']:.2f} % at step {best['step']}" if "bad2" in best else ""
         print(f"finished {summary['step']} steps in {summary['wall_s'] / 60:.1f} min{extra}; weights: {summary['checkpoint']}")
+
+
+def validation_from_config(config: dict[str, Any]) -> GroundTruthValidation | None:
+    """The periodic ground-truth validation a recipe asks for (``trainer.validation``), or None."""
+    spec = config["trainer"]["validation"]
+    return GroundTruthValidation(spec) if spec and str(spec) != "none" else None
+
+
+def fit_and_report(*, resume: bool, out: Path, context: DistributedContext, **trainer_kwargs: Any) -> int:
+    """Runs a :class:`Trainer` to the end (or to SIGINT/SIGTERM), reports, and returns the exit code."""
+    trainer = Trainer(out_dir=out, context=context, **trainer_kwargs)
+    summary = trainer.fit(resume=resume)
+    report(summary, out=out, is_main=context.is_main)
+    return exit_code(summary)
+
+
+def run_cli(main) -> int:
+    """``main()`` with user errors (bad recipe values, missing files, unreadable bags) as one clear line."""
+    try:
+        return main()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -33,10 +33,11 @@ from common import (
     add_run_arguments,
     base_sidecar,
     build_network,
-    exit_code,
+    fit_and_report,
     prepare_out_dir,
-    report,
+    run_cli,
     set_threads,
+    validation_from_config,
 )
 
 from mono2stereo_core.models import load_model, read_sidecar
@@ -54,7 +55,6 @@ from mono2stereo_core.training.datasets import (
 )
 from mono2stereo_core.training.distributed import init_distributed, shutdown_distributed
 from mono2stereo_core.training.objectives import build_objective
-from mono2stereo_core.training.trainer import GroundTruthValidation, Trainer
 
 DEFAULT_CONFIG = REPO_ROOT / "config" / "train" / "finetune_s2dkd.yaml"
 DEFAULT_INIT = REPO_ROOT / "weights" / "m2s_rt.safetensors"
@@ -176,35 +176,23 @@ def main(argv: list[str] | None = None) -> int:
             "config_hash": config_hash(config),
         }
         sidecar["init"] = {"path": str(init), "sidecar": copy.deepcopy(init_sidecar or {}).get("reproduce")}
-        spec = config["trainer"]["validation"]
-        validation = GroundTruthValidation(spec) if spec and str(spec) != "none" else None
+        validation = validation_from_config(config)
         if context.is_main:
             print(f"fine-tuning mode {mode}: {len(dataset)} pairs from {len(sidecar['data']['bags'])} bag(s)", file=sys.stderr)
-        trainer = Trainer(
+        return fit_and_report(
+            resume=args.resume,
+            out=out,
+            context=context,
             config=config,
             model=network,
             dataset=dataset,
             loss_fn=build_objective(config, second_teacher=second),
-            out_dir=out,
-            context=context,
             sidecar=sidecar,
             validation=validation,
         )
-        summary = trainer.fit(resume=args.resume)
-        report(summary, out=out, is_main=context.is_main)
-        return exit_code(summary)
     finally:
         shutdown_distributed()
 
 
-def cli() -> int:
-    """``main`` with user errors (bad recipe values, missing files, unreadable bags) as one clear line."""
-    try:
-        return main()
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_cli(main))

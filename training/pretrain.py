@@ -24,17 +24,17 @@ from common import (
     add_run_arguments,
     base_sidecar,
     build_network,
-    exit_code,
+    fit_and_report,
     prepare_out_dir,
-    report,
+    run_cli,
     set_threads,
+    validation_from_config,
 )
 
 from mono2stereo_core.training.config import config_hash, load_config
 from mono2stereo_core.training.datasets import build_dataset
 from mono2stereo_core.training.distributed import init_distributed, shutdown_distributed
 from mono2stereo_core.training.objectives import build_objective
-from mono2stereo_core.training.trainer import GroundTruthValidation, Trainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,33 +108,21 @@ def main(argv: list[str] | None = None) -> int:
             "length": len(dataset),
             "config_hash": config_hash(config),
         }
-        spec = config["trainer"]["validation"]
-        validation = GroundTruthValidation(spec) if spec and str(spec) != "none" else None
-        trainer = Trainer(
+        validation = validation_from_config(config)
+        return fit_and_report(
+            resume=args.resume,
+            out=out,
+            context=context,
             config=config,
             model=network,
             dataset=dataset,
             loss_fn=build_objective(config),
-            out_dir=out,
-            context=context,
             sidecar=sidecar,
             validation=validation,
         )
-        summary = trainer.fit(resume=args.resume)
-        report(summary, out=out, is_main=context.is_main)
-        return exit_code(summary)
     finally:
         shutdown_distributed()
 
 
-def cli() -> int:
-    """``main`` with user errors (bad recipe values, missing files, unreadable bags) as one clear line."""
-    try:
-        return main()
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_cli(main))
