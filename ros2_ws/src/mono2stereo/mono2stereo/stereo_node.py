@@ -54,6 +54,8 @@ PRECISIONS = ("fp32", "fp16")
 # know) is reported as the resolution at the network's input size, scaled to the published image.
 SUBPIXEL_STEP = 1.0 / 16.0
 ERROR_LOG_PERIOD_S = 30.0
+# How long a pair waits for a camera_info of its size (see StereoNode._infos_for) before it is reported.
+INFO_WAIT_S = 0.5
 
 
 def _floats(lo: float, hi: float) -> list[FloatingPointRange]:
@@ -178,6 +180,7 @@ class StereoNode(Node):
         self._left_info_topic = self.resolve_topic_name("left/camera_info")
         self._right_info_topic = self.resolve_topic_name("right/camera_info")
         self._infos: dict[str, CameraInfo | None] = {"left": None, "right": None}
+        self._infos_cv = threading.Condition()
         input_group = MutuallyExclusiveCallbackGroup()
         # Calibration is static per session: the latest camera_info of each side is used for every pair,
         # so a driver publishing camera_info at a lower rate (or with its own stamps) loses no image pairs.
@@ -254,7 +257,25 @@ class StereoNode(Node):
         )
 
     def _on_camera_info(self, side: str, msg: CameraInfo) -> None:
-        self._infos[side] = msg  # validated per frame in the worker, where errors are reported
+        with self._infos_cv:
+            self._infos[side] = msg  # validated per frame in the worker, where errors are reported
+            self._infos_cv.notify_all()
+
+    def _infos_for(self, frame: _Frame) -> tuple[CameraInfo | None, CameraInfo | None]:
+        """The latest camera_info pair, waiting up to INFO_WAIT_S for one that fits the frame's image size.
+
+        Camera_info and images travel on separate topics with no ordering between them, and the executor may
+        hand the images over first: at start-up, or when a camera (or a played bag) switches resolution,
+        the matching camera_info is often a few milliseconds behind the pair that needs it.
+        """
+        size = (frame.left.width, frame.left.height)
+
+        def fits() -> bool:
+            return all(i is not None and (i.width, i.height) in ((0, 0), size) for i in self._infos.values())
+
+        with self._infos_cv:
+            self._infos_cv.wait_for(fits, timeout=INFO_WAIT_S)
+            return self._infos["left"], self._infos["right"]
 
     def _on_pair(self, left: Image, right: Image) -> None:
         self._pairs_received += 1
@@ -288,7 +309,7 @@ class StereoNode(Node):
 
     def _process(self, frame: _Frame) -> None:
         decode_start = time.perf_counter()
-        left_info, right_info = self._infos["left"], self._infos["right"]
+        left_info, right_info = self._infos_for(frame)
         missing = [t for t, i in ((self._left_info_topic, left_info), (self._right_info_topic, right_info)) if i is None]
         if missing:
             raise ValueError(f"no camera_info received yet on {', '.join(missing)}; cannot compute depth")
