@@ -425,6 +425,39 @@ def test_bad_input_is_reported_and_survived(stereo, client, diagnostics):
             client.node.destroy_subscription(sub)
 
 
+def test_camera_info_arriving_after_the_images_of_a_new_size_is_waited_for(stereo, client, diagnostics):
+    """Images and camera_info travel on separate topics: when a camera (or a played bag) switches resolution,
+    the first pair may be handed to the node before its camera_info. The node must wait briefly for it
+    instead of reporting a size mismatch and dropping the pair."""
+    proc, rig = stereo
+    received, subs = subscribe_outputs(client, NS)
+    try:
+        wait_for_publishers_to_see(client, NS, ["disparity"])
+        rig.send_pair()  # the node now holds camera_infos for WIDTH x HEIGHT
+        errors_before = int(latest_diag(diagnostics, "stereo_node")[2]["errors"])
+        left_rgb, right_rgb, camera = motorcycle_pair(width=2 * WIDTH, height=2 * HEIGHT)
+        stamp_ns = rig.new_stamp()
+        rig.left.publish(image_msg(left_rgb, encoding="rgb8", stamp_ns=stamp_ns, frame_id=FRAME))
+        rig.right.publish(image_msg(right_rgb, encoding="rgb8", stamp_ns=stamp_ns, frame_id="right_camera_optical_frame"))
+        time.sleep(0.1)
+        left_info, right_info = camera_info_pair(camera, stamp_ns=stamp_ns, frame_id=FRAME)
+        rig.left_info.publish(left_info)
+        rig.right_info.publish(right_info)
+        assert wait_until(
+            lambda: any(stamp_to_ns(m.header.stamp) == stamp_ns for m in received["disparity"]), timeout=20
+        ), (latest_diag(diagnostics, "stereo_node"), proc.log())
+        out = next(m for m in received["disparity"] if stamp_to_ns(m.header.stamp) == stamp_ns)
+        assert (out.image.width, out.image.height) == (2 * WIDTH, 2 * HEIGHT)
+        assert out.f == pytest.approx(camera.fx, rel=1e-6)
+        time.sleep(1.5)  # one more diagnostics period
+        assert int(latest_diag(diagnostics, "stereo_node")[2]["errors"]) == errors_before
+    finally:
+        for sub in subs:
+            client.node.destroy_subscription(sub)
+        rig.camera = motorcycle_pair(width=WIDTH, height=HEIGHT)[2]
+        rig.send_infos(rig.new_stamp())  # later tests publish at WIDTH x HEIGHT again
+
+
 def test_rviz_topics_are_node_topics(stereo, client):
     """Every topic the bundled RViz view shows is one the running node publishes (or its left input)."""
     import yaml
