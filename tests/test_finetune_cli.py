@@ -88,3 +88,28 @@ def test_bad_input_is_a_clear_error(setup, tmp_path):
     assert result.returncode != 0 and "does not exist" in result.stderr
     result = run("--bags", str(root / "recorded"), "--init", str(init), "--depth-topic", "/a", "--lidar-topic", "/b")
     assert result.returncode != 0 and "not allowed with argument" in result.stderr
+
+
+def test_depth_anything_teacher_and_ground_truth_free_with_a_mono_model(setup):
+    """The two modes that use a monocular model, through the real CLI, with a tiny random Depth Anything V2
+    saved to disk and loaded offline (the same code path as real local weights)."""
+    from test_mono import _tiny_depth_anything
+
+    root, init = setup
+    mono = _tiny_depth_anything(root / "da2_tiny")
+    out = root / "s2dkd_mono"
+    result = run("--bags", str(root / "recorded"), "--init", str(init), "--lidar-topic", "/lidar/points",
+                 "--mono-model", str(mono), "--steps", "2", "--out", str(out), *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert "mode s2dkd-mono:" in result.stderr, result.stderr
+    metrics = (out / "metrics.jsonl").read_text()
+    assert '"sparse_l1"' in metrics and '"kl"' in metrics
+    _, sidecar = load_model(out / "checkpoints" / "step_0000002.safetensors")
+    assert sidecar["data"]["lidar_topic"] == "/lidar/points"
+
+    free = root / "free_mono"
+    result = run("--bags", str(root / "recorded"), "--init", str(init), "--mono-model", str(mono),
+                 "--steps", "2", "--out", str(free), *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert "mode gt-free-mono" in result.stderr, result.stderr
+    assert (free / "checkpoints" / "step_0000002.safetensors").is_file()
