@@ -54,7 +54,6 @@ XYZRGB_FIELDS: tuple[PointFieldSpec, ...] = (
     PointFieldSpec("rgb", 12, FLOAT32),
 )
 XYZRGB_POINT_STEP = 16
-_XYZRGB_DTYPE = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4", "<f4", "<f4", "<u4"]})
 
 
 class PackedCloud(NamedTuple):
@@ -90,11 +89,16 @@ def pack_xyzrgb(points: np.ndarray, colors: np.ndarray | None = None) -> PackedC
         if c.dtype != np.uint8:
             raise ValueError(f"colors must be uint8 RGB, instead got dtype {c.dtype}")
     width = p.shape[1] if p.ndim == 3 else p.shape[0]
-    flat_p = p.reshape(-1, 3).astype(np.float32, copy=False)
-    flat_c = c.reshape(-1, 3).astype(np.uint32)
-    packed = np.empty(flat_p.shape[0], dtype=_XYZRGB_DTYPE)
-    packed["x"], packed["y"], packed["z"] = flat_p[:, 0], flat_p[:, 1], flat_p[:, 2]
-    packed["rgb"] = (flat_c[:, 0] << 16) | (flat_c[:, 1] << 8) | flat_c[:, 2]
+    flat_c = c.reshape(-1, 3)
+    # One little-endian float32 row per point, the colour written through a uint32 view of the 4th column:
+    # plain strided copies, about twice as fast as filling a structured array field by field (the node packs
+    # a 640x480 cloud every frame).
+    packed = np.empty((flat_c.shape[0], 4), dtype="<f4")
+    packed[:, :3] = p.reshape(-1, 3)
+    rgb = packed.view("<u4")[:, 3]
+    np.left_shift(flat_c[:, 0], 16, out=rgb, dtype=np.uint32)
+    rgb |= np.left_shift(flat_c[:, 1], 8, dtype=np.uint32)
+    rgb |= flat_c[:, 2]
     return PackedCloud(XYZRGB_FIELDS, XYZRGB_POINT_STEP, XYZRGB_POINT_STEP * width, packed.tobytes())
 
 
