@@ -67,6 +67,47 @@ def rate(fn, items_per_call: int, seconds: float, *, name: str | None = None) ->
             return calls * items_per_call / elapsed
 
 
+def _inputs() -> tuple[np.ndarray, np.ndarray]:
+    left, _, disparity = data.stereo_motorcycle()
+    sx = WIDTH / left.shape[1]
+    left = cv2.resize(left, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+    disparity = cv2.resize(disparity, (WIDTH, HEIGHT), interpolation=cv2.INTER_NEAREST) * sx
+    return left, disparity
+
+
+def _worker_pairs(args: tuple[int, float, float]) -> int:
+    """One worker process of the multi-process measurement: batch-1 pipeline, 1 torch thread, until ``until``
+    (a shared wall-clock deadline); returns the pairs it finished."""
+    seed, start_at, until = args
+    torch.set_num_threads(1)
+    left, disparity = _inputs()
+    img = torch.from_numpy(left).permute(2, 0, 1)[None].float() / 255.0
+    disp = torch.from_numpy(disparity)[None, None]
+    config = SynthesisConfig(augment=AugmentConfig())
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        synthesize_batch(img, disp, config=config, generator=gen)  # warm-up
+        while time.time() < start_at:
+            time.sleep(0.01)
+        done = 0
+        while time.time() < until:
+            synthesize_batch(img, disp, config=config, generator=gen)
+            done += 1
+    return done
+
+
+def processes_rate(processes: int, seconds: float) -> float:
+    """Aggregate pairs/s of ``processes`` single-threaded worker processes, the way
+    ``training/synthesize.py --workers N`` runs (spawned processes, one torch thread each)."""
+    import multiprocessing as mp
+
+    start_at = time.time() + 20.0  # spawning and the warm-up pair happen before the common start
+    until = start_at + seconds
+    with mp.get_context("spawn").Pool(processes) as pool:
+        counts = pool.map(_worker_pairs, [(i, start_at, until) for i in range(processes)])
+    return sum(counts) / seconds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: this machine's cores)")
@@ -74,13 +115,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="minimum timing window per measurement")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="also time N single-threaded worker processes together, as synthesize.py --workers N "
+                             "runs (default 2: this machine's cores; 0 = skip)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    left, _, disparity = data.stereo_motorcycle()
-    sx = WIDTH / left.shape[1]
-    left = cv2.resize(left, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
-    disparity = cv2.resize(disparity, (WIDTH, HEIGHT), interpolation=cv2.INTER_NEAREST) * sx
+    left, disparity = _inputs()
 
     results: dict[str, float] = {}
     results["naive_numpy_warp_pairs_per_s"] = rate(
@@ -116,6 +157,9 @@ def main() -> int:
     }
     for name, fn in stages.items():
         results[f"stage_{name}_ms"] = 1000.0 / rate(fn, 1, args.seconds / 2)
+
+    if args.processes > 0 and args.device == "cpu":
+        results[f"pipeline_{args.processes}_processes_pairs_per_s"] = processes_rate(args.processes, args.seconds * 2)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"stage-1 synthesis at {WIDTH}x{HEIGHT}, torch threads {args.threads}, device {args.device}, "
