@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -16,6 +16,7 @@ __all__ = [
     "MonoWeightsNotFoundError",
     "check_images",
     "network_input_size",
+    "size_batches",
 ]
 
 # Depth Anything (V1 / V2) and most DPT-style models are trained with ImageNet statistics.
@@ -68,6 +69,19 @@ def check_images(images: Sequence[np.ndarray], *, who: str) -> list[np.ndarray]:
             raise ValueError(f"{who}: image {i} is too small ({arr.shape[:2]})")
         out.append(arr)
     return out
+
+
+def size_batches(
+    images: Sequence[np.ndarray], *, size_of: Callable[[int, int], tuple[int, int]], batch_size: int
+) -> Iterator[tuple[tuple[int, int], list[int]]]:
+    """``(network size, image indices)`` chunks: images that resize to the same network input size are
+    batched together, at most ``batch_size`` at a time, in input order within each size."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(size_of(*img.shape[:2]), []).append(i)
+    for size, indices in groups.items():
+        for start in range(0, len(indices), batch_size):
+            yield size, indices[start : start + batch_size]
 
 
 def network_input_size(

@@ -23,6 +23,7 @@ from .base import (
     MonoWeightsNotFoundError,
     check_images,
     network_input_size,
+    size_batches,
 )
 
 __all__ = ["DepthAnythingV2", "HUB_IDS", "download_hint"]
@@ -203,21 +204,14 @@ class DepthAnythingV2(MonoDepthModel):
 
         images = check_images(images, who="DepthAnythingV2")
         results: list[np.ndarray | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, img in enumerate(images):
-            groups.setdefault(self.processing_size(*img.shape[:2]), []).append(i)
         with torch.inference_mode():
-            for indices in groups.values():
-                for start in range(0, len(indices), self.batch_size):
-                    chunk = indices[start : start + self.batch_size]
-                    x = torch.cat([self.preprocess(images[i]) for i in chunk]).to(self.dtype)
-                    pred = self.model(pixel_values=x).predicted_depth
-                    if pred.ndim == 3:
-                        pred = pred[:, None]
-                    for j, i in enumerate(chunk):
-                        h, w = images[i].shape[:2]
-                        out = F.interpolate(
-                            pred[j : j + 1].float(), size=(h, w), mode="bilinear", align_corners=False
-                        )
-                        results[i] = out[0, 0].cpu().numpy().astype(np.float32, copy=False)
+            for _, chunk in size_batches(images, size_of=self.processing_size, batch_size=self.batch_size):
+                x = torch.cat([self.preprocess(images[i]) for i in chunk]).to(self.dtype)
+                pred = self.model(pixel_values=x).predicted_depth
+                if pred.ndim == 3:
+                    pred = pred[:, None]
+                for j, i in enumerate(chunk):
+                    h, w = images[i].shape[:2]
+                    out = F.interpolate(pred[j : j + 1].float(), size=(h, w), mode="bilinear", align_corners=False)
+                    results[i] = out[0, 0].cpu().numpy().astype(np.float32, copy=False)
         return results  # type: ignore[return-value]

@@ -23,6 +23,7 @@ from .base import (
     MonoWeightsNotFoundError,
     check_images,
     network_input_size,
+    size_batches,
 )
 
 __all__ = ["OnnxMonoDepth"]
@@ -160,29 +161,24 @@ class OnnxMonoDepth(MonoDepthModel):
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         images = check_images(images, who="OnnxMonoDepth")
         results: list[np.ndarray | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, img in enumerate(images):
-            groups.setdefault(self.processing_size(*img.shape[:2]), []).append(i)
-        for size, indices in groups.items():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                batch = np.stack([self._prepare(images[i], size) for i in chunk])
-                if self.fixed_batch is not None and len(chunk) < self.fixed_batch:
-                    # A fixed-batch export still serves a short final chunk: pad, then drop the padding.
-                    pad = np.repeat(batch[-1:], self.fixed_batch - len(chunk), axis=0)
-                    batch = np.concatenate([batch, pad])
-                (out,) = self.session.run(
-                    [self.output_name], {self.input_name: batch.astype(self.input_dtype)}
+        for size, chunk in size_batches(images, size_of=self.processing_size, batch_size=self.batch_size):
+            batch = np.stack([self._prepare(images[i], size) for i in chunk])
+            if self.fixed_batch is not None and len(chunk) < self.fixed_batch:
+                # A fixed-batch export still serves a short final chunk: pad, then drop the padding.
+                pad = np.repeat(batch[-1:], self.fixed_batch - len(chunk), axis=0)
+                batch = np.concatenate([batch, pad])
+            (out,) = self.session.run(
+                [self.output_name], {self.input_name: batch.astype(self.input_dtype)}
+            )
+            out = np.asarray(out, dtype=np.float32)
+            if out.ndim == 4 and out.shape[1] == 1:
+                out = out[:, 0]
+            if out.ndim != 3 or out.shape[0] != batch.shape[0]:
+                raise ValueError(
+                    f"{self.path}: output {self.output_name!r} must be N x H x W or N x 1 x H x W, "
+                    f"instead got shape {out.shape} for a batch of {batch.shape[0]}"
                 )
-                out = np.asarray(out, dtype=np.float32)
-                if out.ndim == 4 and out.shape[1] == 1:
-                    out = out[:, 0]
-                if out.ndim != 3 or out.shape[0] != batch.shape[0]:
-                    raise ValueError(
-                        f"{self.path}: output {self.output_name!r} must be N x H x W or N x 1 x H x W, "
-                        f"instead got shape {out.shape} for a batch of {batch.shape[0]}"
-                    )
-                for j, i in enumerate(chunk):
-                    h, w = images[i].shape[:2]
-                    results[i] = cv2.resize(out[j], (w, h), interpolation=cv2.INTER_LINEAR)
+            for j, i in enumerate(chunk):
+                h, w = images[i].shape[:2]
+                results[i] = cv2.resize(out[j], (w, h), interpolation=cv2.INTER_LINEAR)
         return results  # type: ignore[return-value]
