@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from mono2stereo_core.cli_config import apply_yaml_config  # noqa: E402
 from mono2stereo_core.datasets_gt import GTSample, load_gt_dataset  # noqa: E402
 from mono2stereo_core.evaluation import (  # noqa: E402
     METRIC_KEYS,
@@ -73,16 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     if known.config is not None:
-        if not known.config.is_file():
-            parser.error(f"--config {known.config} does not exist")
-        values = yaml.safe_load(known.config.read_text()) or {}
-        if not isinstance(values, dict):
-            parser.error(f"--config {known.config} must hold a mapping, instead got {type(values).__name__}")
-        dests = {a.dest for a in parser._actions}
-        unknown = sorted(set(k.replace("-", "_") for k in values) - dests)
-        if unknown:
-            parser.error(f"--config {known.config} has unknown keys {unknown}")
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
+        apply_yaml_config(parser, known.config)
     args = parser.parse_args(argv)
     if args.data is None or args.out is None:
         parser.error("--data and --out are required (on the command line or in --config)")

@@ -19,11 +19,11 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from mono2stereo_core.cli_config import apply_yaml_config  # noqa: E402
 from mono2stereo_core.inference.engine_cache import build_engine_file, file_sha256  # noqa: E402
 from mono2stereo_core.inference.export import DEFAULT_OPSET, export_onnx, onnx_io_spec, onnx_parity  # noqa: E402
 from mono2stereo_core.inference.runner import resolve_model_path  # noqa: E402
@@ -52,14 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-parity", action="store_true", help="skip the torch vs ONNX Runtime check")
     parser.add_argument("--force", action="store_true", help="re-export even if the ONNX is up to date")
     if known.config is not None:
-        config = yaml.safe_load(known.config.read_text()) or {}
-        if not isinstance(config, dict):
-            parser.error(f"--config {known.config} must hold a mapping of option: value, instead got {config!r}")
-        valid = {action.dest for action in parser._actions}
-        unknown = sorted(set(k.replace("-", "_") for k in config) - valid)
-        if unknown:
-            parser.error(f"--config {known.config} has unknown keys {unknown}")
-        parser.set_defaults(**{k.replace("-", "_"): v for k, v in config.items()})
+        apply_yaml_config(parser, known.config)
     args = parser.parse_args(argv)
     if args.height is None or args.width is None:
         parser.error("--height and --width are required (on the command line or in --config)")
