@@ -39,6 +39,11 @@ __all__ = ["stamp_to_ns", "level_of", "uint8_array"]  # re-exported: test module
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 
+# In-process clients (RosClient) read discovery settings from this process's environment; the benchmarks
+# import this module outside pytest (no conftest), so it pins discovery to this host itself.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+
+
 def ros_env(domain_id: int) -> dict[str, str]:
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(domain_id)
