@@ -14,6 +14,7 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -117,16 +118,20 @@ def decode_image(
     return pixels.reshape(height, width, layout.channels)
 
 
-def encode_image(array: np.ndarray, encoding: str) -> tuple[int, bytes]:
+def encode_image(array: np.ndarray, encoding: str, *, out=None) -> tuple[int, Any]:
     """Encodes a numpy image as the ``(step, data)`` fields of a little-endian ``sensor_msgs/Image``.
 
     Args:
         array: H x W (one channel) or H x W x C, with the encoding's dtype and channel count
             (e.g. ``rgb8``: H x W x 3 ``uint8``; ``32FC1``: H x W ``float32``).
         encoding: the target encoding; the message must carry ``is_bigendian = 0``.
+        out: optional writable buffer of exactly ``height * step`` bytes (e.g. the ``array.array('B')`` a
+            message will carry): the pixels are written into it and it is returned as ``data``, which saves
+            the copy (and, for a reused buffer, the page faults) of a fresh ``bytes`` object per frame.
 
     Returns:
-        ``(step, data)`` with ``step = width * bytes_per_pixel`` (no padding).
+        ``(step, data)`` with ``step = width * bytes_per_pixel`` (no padding); ``data`` is ``bytes``, or
+        ``out`` when given.
     """
     layout = lookup_encoding(encoding)
     a = np.asarray(array)
@@ -141,8 +146,15 @@ def encode_image(array: np.ndarray, encoding: str) -> tuple[int, bytes]:
         raise ValueError(f"encoding {encoding!r} needs dtype {layout.dtype}, instead got {a.dtype}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"cannot encode an empty image of shape {a.shape}")
+    step = a.shape[1] * layout.bytes_per_pixel
+    if out is not None:
+        target = np.frombuffer(out, dtype=np.uint8)
+        if target.size != step * a.shape[0]:
+            raise ValueError(f"out must hold {step * a.shape[0]} bytes for this image, instead got {target.size}")
+        target.view(layout.dtype.newbyteorder("<")).reshape(a.shape)[...] = a
+        return step, out
     little = np.ascontiguousarray(a, dtype=layout.dtype.newbyteorder("<"))
-    return a.shape[1] * layout.bytes_per_pixel, little.tobytes()
+    return step, little.tobytes()
 
 
 def to_rgb8(array: np.ndarray, encoding: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -62,16 +62,20 @@ class PackedCloud(NamedTuple):
     fields: tuple[PointFieldSpec, ...]
     point_step: int
     row_step: int
-    data: bytes
+    # ``bytes``, or the caller's buffer when ``pack_xyzrgb(..., out=buffer)`` wrote into it.
+    data: Any
 
 
-def pack_xyzrgb(points: np.ndarray, colors: np.ndarray | None = None) -> PackedCloud:
+def pack_xyzrgb(points: np.ndarray, colors: np.ndarray | None = None, *, out=None) -> PackedCloud:
     """Packs points and colours as x, y, z float32 + packed ``rgb`` (16 bytes per point, little-endian).
 
     Args:
         points: H x W x 3 (organized cloud: message ``height = H``, ``width = W``) or N x 3 (unorganized:
             ``height = 1``, ``width = N``), metres; NaN points are kept (organized clouds need them).
         colors: ``uint8`` RGB with the same leading shape as ``points``; ``None`` packs white.
+        out: optional writable buffer of exactly 16 bytes per point (e.g. the ``array.array('B')`` the
+            message will carry): the cloud is packed straight into it and it is returned as ``data``, with no
+            intermediate ``bytes`` (each fresh 4.9 MB copy of a 640x480 cloud costs ~2.5 ms in page faults).
 
     Returns:
         :class:`PackedCloud`; the message also needs ``is_bigendian = False`` and ``is_dense`` (False when
@@ -93,13 +97,23 @@ def pack_xyzrgb(points: np.ndarray, colors: np.ndarray | None = None) -> PackedC
     # One little-endian float32 row per point, the colour written through a uint32 view of the 4th column:
     # plain strided copies, about twice as fast as filling a structured array field by field (the node packs
     # a 640x480 cloud every frame).
-    packed = np.empty((flat_c.shape[0], 4), dtype="<f4")
+    if out is None:
+        packed = np.empty((flat_c.shape[0], 4), dtype="<f4")
+    else:
+        target = np.frombuffer(out, dtype=np.uint8)
+        if target.size != flat_c.shape[0] * XYZRGB_POINT_STEP:
+            raise ValueError(
+                f"out must hold {flat_c.shape[0] * XYZRGB_POINT_STEP} bytes for {flat_c.shape[0]} points, "
+                f"instead got {target.size}"
+            )
+        packed = target.view("<f4").reshape(-1, 4)
     packed[:, :3] = p.reshape(-1, 3)
     rgb = packed.view("<u4")[:, 3]
     np.left_shift(flat_c[:, 0], 16, out=rgb, dtype=np.uint32)
     rgb |= np.left_shift(flat_c[:, 1], 8, dtype=np.uint32)
     rgb |= flat_c[:, 2]
-    return PackedCloud(XYZRGB_FIELDS, XYZRGB_POINT_STEP, XYZRGB_POINT_STEP * width, packed.tobytes())
+    data = packed.tobytes() if out is None else out
+    return PackedCloud(XYZRGB_FIELDS, XYZRGB_POINT_STEP, XYZRGB_POINT_STEP * width, data)
 
 
 def unpack_xyzrgb(

@@ -107,3 +107,20 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="depth image, not a colour image"):
         to_rgb8(np.zeros((4, 4), np.float32), "32FC1")
     assert set(ENCODINGS) >= {"rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1", "32FC1", "8UC1", "8UC3"}
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "32FC1", "16UC1", "mono16"])
+def test_encode_into_a_caller_buffer_matches_the_bytes_path(motorcycle, encoding):
+    left, depth = motorcycle
+    image = {
+        "rgb8": left,
+        "32FC1": depth.astype(np.float32),
+        "16UC1": np.nan_to_num(depth * 1000, nan=0).astype(np.uint16),
+        "mono16": (left[..., 0].astype(np.uint16) * 257),
+    }[encoding]
+    step, expected = encode_image(image, encoding)
+    buffer = array.array("B", bytes(1)) * len(expected)
+    out_step, data = encode_image(image, encoding, out=buffer)
+    assert data is buffer and out_step == step and buffer.tobytes() == expected
+    with pytest.raises(ValueError, match="out must hold"):
+        encode_image(image, encoding, out=bytearray(len(expected) - 1))

@@ -122,6 +122,44 @@ def test_warp_correlation_peaks_at_the_true_disparity_on_motorcycle(motorcycle):
     assert (wrong_peak[textured] == 3).float().mean().item() < 0.25
 
 
+def _grid_sample_warp_correlation(left, right, disparity, *, radius, groups):
+    """The definition warp_correlation implements: bilinear grid_sample of the right features (zeros padding,
+    align_corners=True) at x - disparity - k for each offset k, then group-wise correlation."""
+    n, c, h, w = left.shape
+    k = 2 * radius + 1
+    offsets = torch.arange(-radius, radius + 1, dtype=left.dtype).view(1, k, 1, 1)
+    x_src = torch.arange(w, dtype=left.dtype).view(1, 1, 1, w) - disparity - offsets
+    gx = x_src * (2.0 / (w - 1)) - 1.0
+    gy = (torch.arange(h, dtype=left.dtype).view(1, 1, h, 1) * (2.0 / (h - 1)) - 1.0).expand(n, k, h, w)
+    grid = torch.stack((gx, gy), dim=-1).reshape(n, k * h, w, 2)
+    warped = F.grid_sample(right, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    warped = warped.reshape(n, c, k, h, w)
+    prod = left.unsqueeze(2) * warped
+    return prod.reshape(n, groups, c // groups, k, h, w).mean(2).reshape(n, groups * k, h, w)
+
+
+def test_warp_correlation_equals_bilinear_grid_sample_values_and_gradients():
+    torch.manual_seed(3)
+    n, c, h, w = 2, 8, 6, 40
+    left = torch.randn(n, c, h, w, requires_grad=True)
+    right = torch.randn(n, c, h, w, requires_grad=True)
+    # Disparities cover fractional values, integers, and shifts that leave the image on both sides.
+    disparity = torch.rand(n, 1, h, w) * 50 - 5
+    disparity[0, 0, 0, :4] = torch.tensor([0.0, 1.0, 2.0, 39.0])
+    disparity.requires_grad_(True)
+    ours = warp_correlation(left, right, disparity, radius=2, groups=4)
+    reference = _grid_sample_warp_correlation(left, right, disparity, radius=2, groups=4)
+    assert ours.shape == reference.shape == (n, 4 * 5, h, w)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    weights = torch.randn_like(ours)
+    grads = torch.autograd.grad((ours * weights).sum(), (left, right, disparity))
+    ref_grads = torch.autograd.grad((reference * weights).sum(), (left, right, disparity))
+    for name, a, b in zip(("left", "right", "disparity"), grads, ref_grads):
+        # Disparity gradients differ only where a sample lands exactly on a column (a kink of bilinear).
+        close = torch.isclose(a, b, atol=1e-4)
+        assert close.float().mean().item() > (0.98 if name == "disparity" else 0.999), name
+
+
 def test_local_soft_argmax_ignores_a_distant_second_mode():
     bins = torch.arange(32, dtype=torch.float32)
     prob = 0.6 * torch.exp(-((bins - 5.3) ** 2)) + 0.4 * torch.exp(-((bins - 25.0) ** 2))

@@ -1,5 +1,7 @@
 """PointCloud2 payloads, LiDAR projection against Middlebury ground truth, static transform chains."""
 
+import array
+
 import numpy as np
 import pytest
 from skimage.data import stereo_motorcycle
@@ -150,3 +152,17 @@ def test_static_transform_tree_chains_like_tf2():
         tree.lookup("wheel", "lidar")
     with pytest.raises(ValueError, match="cycle"):
         tree.add("lidar", "base_link", np.eye(4))
+
+
+def test_pack_into_a_caller_buffer_matches_the_bytes_path(motorcycle):
+    rgb, points = motorcycle
+    expected = pack_xyzrgb(points, rgb).data
+    buffer = array.array("B", bytes(1)) * len(expected)
+    packed = pack_xyzrgb(points, rgb, out=buffer)
+    assert packed.data is buffer  # written in place, no intermediate bytes
+    assert buffer.tobytes() == expected
+    # Reuse for the next frame overwrites every byte (a stale point would survive otherwise).
+    shifted = pack_xyzrgb(points + 1.0, rgb[::-1].copy(), out=buffer)
+    assert shifted.data.tobytes() == pack_xyzrgb(points + 1.0, rgb[::-1].copy()).data
+    with pytest.raises(ValueError, match="out must hold"):
+        pack_xyzrgb(points, rgb, out=bytearray(16))

@@ -35,6 +35,7 @@ from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
 from mono2stereo.conversions import (
+    OutputBuffers,
     array_to_image,
     depth_camera_info,
     disparity_image,
@@ -221,6 +222,8 @@ class StereoNode(Node):
         self._processing = LatencyWindow()
         self._inference = LatencyWindow()
         self._overhead = LatencyWindow()
+        # Reused output buffers (only the worker thread publishes): no per-frame allocations of images/clouds.
+        self._buffers = OutputBuffers()
         self._rays_cache: tuple | None = None
         self._stats_lock = threading.Lock()
 
@@ -352,7 +355,12 @@ class StereoNode(Node):
             scale = plan(height=height, width=width).disparity_scale if callable(plan) else 1.0
             self._pub_disparity.publish(
                 disparity_image(
-                    disparity, header=header, camera=camera, max_disparity=max_disparity, delta_d=SUBPIXEL_STEP * scale
+                    disparity,
+                    header=header,
+                    camera=camera,
+                    max_disparity=max_disparity,
+                    delta_d=SUBPIXEL_STEP * scale,
+                    buffer=self._buffers.get("disparity", height * width * 4),
                 )
             )
         want_depth = self._pub_depth.get_subscription_count() > 0
@@ -362,19 +370,31 @@ class StereoNode(Node):
             with np.errstate(invalid="ignore"):
                 depth[(depth < settings.min_depth) | (depth > settings.max_depth)] = np.nan
             if want_depth:
-                self._pub_depth.publish(array_to_image(depth, encoding="32FC1", header=header))
+                self._pub_depth.publish(
+                    array_to_image(
+                        depth, encoding="32FC1", header=header, buffer=self._buffers.get("depth", depth.nbytes)
+                    )
+                )
             if want_points:
                 n = settings.points_decimation
                 points = depth[::n, ::n, None] * self._rays(camera, n)
-                self._pub_points.publish(point_cloud(points, left_rgb[::n, ::n], header=header))
+                self._pub_points.publish(
+                    point_cloud(points, left_rgb[::n, ::n], header=header, buffers=self._buffers)
+                )
         if self._pub_depth_info.get_subscription_count():
             self._pub_depth_info.publish(depth_camera_info(left_info, header=header))
         if self._pub_confidence.get_subscription_count():
             conf = np.clip(np.nan_to_num(confidence, nan=0.0), 0.0, 1.0).astype(np.float32)
-            self._pub_confidence.publish(array_to_image(conf, encoding="32FC1", header=header))
+            self._pub_confidence.publish(
+                array_to_image(
+                    conf, encoding="32FC1", header=header, buffer=self._buffers.get("confidence", conf.nbytes)
+                )
+            )
         if self._pub_color.get_subscription_count():
             color = colorize_disparity(disparity, vmin=0.0, vmax=max_disparity)
-            self._pub_color.publish(array_to_image(color, encoding="rgb8", header=header))
+            self._pub_color.publish(
+                array_to_image(color, encoding="rgb8", header=header, buffer=self._buffers.get("color", color.nbytes))
+            )
 
         done = time.perf_counter()
         self._published += 1
