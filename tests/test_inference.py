@@ -86,6 +86,12 @@ def test_torch_and_onnxruntime_agree_on_motorcycle(rt_model, rt_onnx, motorcycle
     assert diff.max() < 0.01, f"max {diff.max():.4f} px, {np.mean(diff > 0.01) * 100:.3f} % of pixels > 0.01 px"
     assert np.abs(torch_conf - ort_conf).max() < 1e-3
     assert np.isfinite(ort_disp).all()
+    # Idle ORT threads do not busy-wait by default (they would steal the node's post-processing cores).
+    key = "session.intra_op.allow_spinning"
+    assert ort_runner.session.get_session_options().get_session_config_entry(key) == "0"
+    spinning = OnnxRunner(rt_onnx, allow_spinning=True)
+    assert spinning.session.get_session_options().get_session_config_entry(key) == "1"
+    np.testing.assert_array_equal(spinning(left, right)[0], ort_disp)
 
 
 def test_resize_path_rescales_disparity_to_input_pixels():

@@ -166,3 +166,21 @@ def test_pack_into_a_caller_buffer_matches_the_bytes_path(motorcycle):
     assert shifted.data.tobytes() == pack_xyzrgb(points + 1.0, rgb[::-1].copy()).data
     with pytest.raises(ValueError, match="out must hold"):
         pack_xyzrgb(points, rgb, out=bytearray(16))
+
+
+def test_pack_from_depth_and_rays_equals_packing_the_points(motorcycle):
+    rgb, _ = motorcycle
+    _, _, disparity = stereo_motorcycle()
+    depth = CAM.disparity_to_depth(np.where(np.isfinite(disparity), disparity, np.nan)).astype(np.float32)
+    v, u = np.mgrid[0:500, 0:741].astype(np.float32)
+    rays = np.stack(((u - CAM.cx) / CAM.fx, (v - CAM.cy) / CAM.fy, np.ones_like(u)), axis=-1).astype(np.float32)
+    expected = pack_xyzrgb(depth[..., None] * rays, rgb).data
+    buffer = array.array("B", bytes(1)) * len(expected)
+    assert pack_xyzrgb(depth=depth, rays=rays, colors=rgb, out=buffer).data.tobytes() == expected
+    # Decimated views (what the node passes) are strided, not contiguous.
+    sub = pack_xyzrgb(depth=depth[::2, ::2], rays=rays[::2, ::2], colors=rgb[::2, ::2])
+    assert sub.data == pack_xyzrgb(depth[::2, ::2, None] * rays[::2, ::2], rgb[::2, ::2]).data
+    with pytest.raises(ValueError, match="either points, or depth together with rays"):
+        pack_xyzrgb(depth=depth, colors=rgb)
+    with pytest.raises(ValueError, match="H x W x 3"):
+        pack_xyzrgb(depth=depth, rays=rays[:, :, :2], colors=rgb)

@@ -215,23 +215,32 @@ def depth_camera_info(left: CameraInfo, *, header: Header) -> CameraInfo:
 
 
 def point_cloud(
-    points: np.ndarray, colors: np.ndarray, *, header: Header, buffers: OutputBuffers | None = None
+    points: np.ndarray | None,
+    colors: np.ndarray,
+    *,
+    header: Header,
+    buffers: OutputBuffers | None = None,
+    depth: np.ndarray | None = None,
+    rays: np.ndarray | None = None,
 ) -> PointCloud2:
     """Organized ``PointCloud2`` (x, y, z float32 + packed rgb) from H x W x 3 points and H x W x 3 uint8 colours.
 
     Invalid points stay NaN, so the cloud keeps the image layout and ``is_dense`` is False. With ``buffers``
-    the cloud is packed straight into a reused buffer (``buffers.get("points2", ...)``).
+    the cloud is packed straight into a reused buffer (``buffers.get("points2", ...)``). ``points=None`` with
+    ``depth`` (H x W) and ``rays`` (H x W x 3) back-projects straight into the packed cloud
+    (:func:`mono2stereo_core.pointcloud.pack_xyzrgb`).
     """
-    if points.ndim != 3 or points.shape[2] != 3 or colors.shape != points.shape:
+    shape = points.shape if points is not None else (rays.shape if rays is not None else None)
+    if shape is None or len(shape) != 3 or shape[2] != 3 or colors.shape != shape:
         raise ValueError(
-            f"points and colors must both be H x W x 3, instead got {points.shape} and {colors.shape}"
+            f"points (or rays) and colors must both be H x W x 3, instead got {shape} and {colors.shape}"
         )
-    out = None if buffers is None else buffers.get("points2", points.shape[0] * points.shape[1] * XYZRGB_POINT_STEP)
-    packed = pack_xyzrgb(points, colors, out=out)
+    out = None if buffers is None else buffers.get("points2", shape[0] * shape[1] * XYZRGB_POINT_STEP)
+    packed = pack_xyzrgb(points, colors, out=out, depth=depth, rays=rays)
     msg = PointCloud2(
         header=header,
-        height=int(points.shape[0]),
-        width=int(points.shape[1]),
+        height=int(shape[0]),
+        width=int(shape[1]),
         fields=[
             PointField(name=f.name, offset=int(f.offset), datatype=int(f.datatype), count=int(f.count))
             for f in packed.fields

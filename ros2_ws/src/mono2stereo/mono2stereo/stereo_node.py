@@ -377,9 +377,15 @@ class StereoNode(Node):
                 )
             if want_points:
                 n = settings.points_decimation
-                points = depth[::n, ::n, None] * self._rays(camera, n)
                 self._pub_points.publish(
-                    point_cloud(points, left_rgb[::n, ::n], header=header, buffers=self._buffers)
+                    point_cloud(
+                        None,
+                        left_rgb[::n, ::n],
+                        header=header,
+                        buffers=self._buffers,
+                        depth=depth[::n, ::n],
+                        rays=self._rays(camera, n),
+                    )
                 )
         if self._pub_depth_info.get_subscription_count():
             self._pub_depth_info.publish(depth_camera_info(left_info, header=header))
