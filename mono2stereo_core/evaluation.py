@@ -155,31 +155,68 @@ def evaluate_disparity(
     compare: np.ndarray | None = None,
     occlusion: np.ndarray | None = None,
 ) -> dict[str, DisparityMetrics]:
-    """Metrics of ``pred`` on the ``all``, ``noc`` and (with ``compare``) ``both`` regions.
+    """Metrics of ``pred`` on the ``all``, ``noc``, ``edge``, ``interior`` and (with ``compare``) ``both`` regions.
 
     ``occlusion`` (``H x W`` bool, True = not visible in the right view) defaults to
-    :func:`occlusion_from_disparity` of ``gt``. With ``compare`` (another method's ``H x W`` disparity) the
-    result also has ``both`` (pred's metrics where both predict) and ``compare_all`` / ``compare_noc`` /
-    ``compare_both`` (the comparison method's metrics on the same regions).
+    :func:`occlusion_from_disparity` of ``gt``. ``edge`` are the GT-valid pixels within
+    ``EDGE_RADIUS`` px of a ground-truth depth discontinuity (:func:`depth_edge_mask`), ``interior`` the rest:
+    they say whether errors come from localising object boundaries or from matching surfaces. With
+    ``compare`` (another method's ``H x W`` disparity) the result also has ``both`` (pred's metrics where
+    both predict), ``both_edge`` / ``both_interior`` (the same split) and ``compare_*`` (the comparison
+    method's metrics on the same regions).
     """
     g = _as_disparity(gt, name="ground-truth")
     occ = occlusion_from_disparity(g) if occlusion is None else np.asarray(occlusion, dtype=bool)
     if occ.shape != g.shape:
         raise ValueError(f"occlusion mask shape {occ.shape} differs from ground truth {g.shape}")
+    edge = depth_edge_mask(g)
     out = {
         "all": disparity_metrics(pred, g),
         "noc": disparity_metrics(pred, g, mask=~occ),
+        "edge": disparity_metrics(pred, g, mask=edge),
+        "interior": disparity_metrics(pred, g, mask=~edge),
     }
     if compare is not None:
         c = _as_disparity(compare, name="comparison")
         if c.shape != g.shape:
             raise ValueError(f"comparison disparity shape {c.shape} differs from ground truth {g.shape}")
         both = np.isfinite(_as_disparity(pred, name="predicted")) & np.isfinite(c)
-        out["both"] = disparity_metrics(pred, g, mask=both)
-        out["compare_all"] = disparity_metrics(c, g)
-        out["compare_noc"] = disparity_metrics(c, g, mask=~occ)
-        out["compare_both"] = disparity_metrics(c, g, mask=both)
+        regions = {"both": both, "both_edge": both & edge, "both_interior": both & ~edge}
+        for name, mask in regions.items():
+            out[name] = disparity_metrics(pred, g, mask=mask)
+        for name, mask in {"all": None, "noc": ~occ, "edge": edge, "interior": ~edge, **regions}.items():
+            out[f"compare_{name}"] = disparity_metrics(c, g, mask=mask)
     return out
+
+
+# Pixels this close to a ground-truth depth discontinuity count as "edge" pixels.
+EDGE_RADIUS = 2
+# A jump of more than this many pixels between 4-neighbours' GT disparities is a discontinuity.
+EDGE_JUMP = 2.0
+
+
+def depth_edge_mask(disparity: np.ndarray, *, radius: int = EDGE_RADIUS, jump: float = EDGE_JUMP) -> np.ndarray:
+    """``H x W`` bool: pixels within ``radius`` px (Chebyshev) of a depth discontinuity of ``disparity``.
+
+    A discontinuity lies between two 4-neighbours whose finite disparities differ by more than ``jump``
+    pixels (a slanted floor changes by well under a pixel per pixel; object boundaries by several); both
+    pixels of the pair are marked, then the mask is dilated by ``radius``. Unknown pixels never mark.
+    """
+    d = _as_disparity(disparity, name="ground-truth")
+    seeds = np.zeros(d.shape, bool)
+    with np.errstate(invalid="ignore"):
+        horizontal = np.abs(d[:, 1:] - d[:, :-1]) > jump
+        vertical = np.abs(d[1:, :] - d[:-1, :]) > jump
+    seeds[:, 1:] |= horizontal
+    seeds[:, :-1] |= horizontal
+    seeds[1:, :] |= vertical
+    seeds[:-1, :] |= vertical
+    if radius > 0:
+        import cv2
+
+        kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+        seeds = cv2.dilate(seeds.astype(np.uint8), kernel).astype(bool)
+    return seeds
 
 
 def occlusion_from_disparity(
@@ -525,12 +562,11 @@ def evaluate_dataset(
 
 def _report_section(metrics: dict[str, DisparityMetrics]) -> dict:
     section: dict = dict(metrics_json(metrics["all"]))
-    section["noc"] = metrics_json(metrics["noc"])
+    for region in ("noc", "edge", "interior", "both", "both_edge", "both_interior"):
+        if region in metrics:
+            section[region] = metrics_json(metrics[region])
     if "both" in metrics:
-        section["both"] = metrics_json(metrics["both"])
         section["compare"] = {
-            "all": metrics_json(metrics["compare_all"]),
-            "noc": metrics_json(metrics["compare_noc"]),
-            "both": metrics_json(metrics["compare_both"]),
+            key[len("compare_") :]: metrics_json(value) for key, value in metrics.items() if key.startswith("compare_")
         }
     return section

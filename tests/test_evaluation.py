@@ -16,6 +16,7 @@ from mono2stereo_core.datasets_gt import (
 )
 from mono2stereo_core.evaluation import (
     DisparityMetrics,
+    depth_edge_mask,
     disparity_metrics,
     evaluate_dataset,
     evaluate_disparity,
@@ -144,6 +145,23 @@ def test_sgbm_on_motorcycle_anchors_the_baseline(motorcycle, sgbm):
     # Holes are NaN, valid values lie inside the search range.
     finite = sgbm[np.isfinite(sgbm)]
     assert finite.min() >= 0 and finite.max() <= 80
+    # Edge/interior split of the same pixels: SGBM's answers are far worse at object boundaries.
+    assert r["edge"].n_scored + r["interior"].n_scored == r["all"].n_scored
+    assert r["both_edge"].n_scored + r["both_interior"].n_scored == r["both"].n_scored
+    assert r["both_edge"].bad2 > 3 * r["both_interior"].bad2
+
+
+def test_depth_edge_mask_marks_boundaries_not_slanted_surfaces():
+    x = np.arange(40, dtype=np.float32)
+    # A floor slanting 0.5 px/px with a box 10 px nearer in columns 20..29, and an unknown column.
+    d = np.tile(5.0 + 0.5 * x, (12, 1))
+    d[:, 20:30] += 10.0
+    d[:, 35] = np.nan
+    mask = depth_edge_mask(d, radius=2)
+    edges = np.flatnonzero(mask[6])
+    assert edges.tolist() == [17, 18, 19, 20, 21, 22, 27, 28, 29, 30, 31, 32]
+    assert not depth_edge_mask(d, radius=0)[:, 34:37].any()  # NaN neighbours never mark
+    assert depth_edge_mask(d, radius=0).sum() == 4 * 12
 
 
 def test_sgbm_rejects_bad_arguments(motorcycle):

@@ -8,8 +8,9 @@
 --data is "motorcycle" (bundled, no download), a Middlebury-2014 scene folder (im0.png, im1.png,
 disp0GT.pfm, calib.txt), a folder of such scenes, or a KITTI 2012/2015 folder. Writes OUT/report.json:
 epe, bad1, bad2, bad3, d1_all, density over all ground-truth-valid pixels (holes count as errors), the
-same under "noc" (pixels visible in both views) and, when comparing, under "both" (pixels both methods
-predict) and "compare"; per-scene entries; method, checkpoint and timing. Each scene also gets
+same under "noc" (pixels visible in both views), "edge" / "interior" (within 2 px of a ground-truth depth
+discontinuity or not) and, when comparing, under "both" (pixels both methods predict), "both_edge",
+"both_interior" and "compare"; per-scene entries; method, checkpoint and timing. Each scene also gets
 OUT/<scene>_side_by_side.png (left | GT | ours | SGBM, occlusion | bad-2 | error maps) and
 OUT/<scene>_disparity.png. Metric definitions: docs/evaluation.md.
 """
@@ -163,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sgbm all  : {fmt(report['compare']['all'])}")
         print(f"{args.method} both : {fmt(report['both'])}")
         print(f"sgbm both : {fmt(report['compare']['both'])}")
+        # Where the errors are: near GT depth edges (object boundaries, thin structures) or on surfaces.
+        share = 100.0 * report["both_edge"]["n_pixels"] / max(report["both"]["n_pixels"], 1)
+        for region in ("both_edge", "both_interior"):
+            ours, theirs = report[region], report["compare"][region]
+            print(
+                f"{region:<13}: {args.method} bad2 {ours['bad2']:.2f}  sgbm bad2 {theirs['bad2']:.2f}"
+                + (f"  ({share:.1f} % of the 'both' pixels lie within 2 px of a depth edge)" if region == "both_edge" else "")
+            )
     print(f"report: {args.out / 'report.json'}")
     return 0
 

@@ -222,6 +222,9 @@ class StereoNode(Node):
         self._processing = LatencyWindow()
         self._inference = LatencyWindow()
         self._overhead = LatencyWindow()
+        # The same, counted in CPU time of the worker thread: the node's own work, without the time it waited
+        # for a core (on a small CPU the wall-clock overhead includes whatever else runs beside the node).
+        self._overhead_cpu = LatencyWindow()
         # Reused output buffers (only the worker thread publishes): no per-frame allocations of images/clouds.
         self._buffers = OutputBuffers()
         self._rays_cache: tuple | None = None
@@ -312,6 +315,7 @@ class StereoNode(Node):
 
     def _process(self, frame: _Frame) -> None:
         decode_start = time.perf_counter()
+        decode_cpu = time.thread_time()
         left_info, right_info = self._infos_for(frame)
         missing = [t for t, i in ((self._left_info_topic, left_info), (self._right_info_topic, right_info)) if i is None]
         if missing:
@@ -330,9 +334,11 @@ class StereoNode(Node):
         )
         settings = self._settings
 
+        start_cpu = time.thread_time()
         start = time.perf_counter()
         disparity, confidence = self._runner(left_rgb, right_rgb)
         inference_s = time.perf_counter() - start
+        inference_done_cpu = time.thread_time()
         self._inferences += 1
         if disparity.shape != (height, width) or confidence.shape != (height, width):
             raise RuntimeError(
@@ -408,6 +414,7 @@ class StereoNode(Node):
         self._inference.add(inference_s)
         # Everything the node adds around the network: decoding, checks, depth, cloud, colour, publishing.
         self._overhead.add((done - start - inference_s) + (start - decode_start))
+        self._overhead_cpu.add((time.thread_time() - inference_done_cpu) + (start_cpu - decode_cpu))
         self._processing.add(time.monotonic() - frame.received)
         now_ns = self.get_clock().now().nanoseconds
         self._latency.add(max(0.0, (now_ns - stamp_to_ns(frame.left.header.stamp)) * 1e-9))
@@ -458,6 +465,7 @@ class StereoNode(Node):
         processing = self._processing.summary_ms()
         inference = self._inference.summary_ms()
         overhead = self._overhead.summary_ms()
+        overhead_cpu = self._overhead_cpu.summary_ms()
         values = {
             "backend": self.backend,
             "synchronizer": self._sync.implementation,
@@ -469,6 +477,7 @@ class StereoNode(Node):
             "inference_ms_median": inference["median"],
             "overhead_ms_median": overhead["median"],
             "overhead_ms_p95": overhead["p95"],
+            "overhead_cpu_ms_median": overhead_cpu["median"],
             "pairs_received": self._pairs_received,
             "inferences": self._inferences,
             "published": self._published,
