@@ -82,7 +82,8 @@ PARAMETERS: dict[str, tuple] = {
     "publish_points": (True, "Compute and publish points2 (when subscribed)", "", None, False),
     "points_decimation": (1, "Keep every n-th row and column in points2 (organized cloud of H/n x W/n)", "", _ints(1, 16), False),
     "qos_reliability": ("reliable", "Input subscription reliability", f"one of {RELIABILITY_CHOICES}", None, True),
-    "qos_depth": (5, "History depth of input subscriptions and output publishers", "", _ints(1, 100), True),
+    "qos_depth": (5, "History depth of the input subscriptions", "", _ints(1, 100), True),
+    "output_qos_depth": (1, "History depth of the output publishers: samples a reliable publisher keeps for slow readers (each 640x480 cloud is 4.9 MB); 1 = latest only", "", _ints(1, 100), True),
     "approximate_sync": (False, "Pair left/right stamps within slop instead of requiring equal stamps", "", None, True),
     "slop": (0.01, "Approximate sync: largest stamp difference of a pair (s)", "", _floats(0.0, 1.0), True),
     "queue_size": (5, "Unmatched messages kept per input by the synchronizer", "", _ints(1, 100), True),
@@ -164,7 +165,10 @@ class StereoNode(Node):
         self.backend = str(getattr(runner, "backend", "unknown"))
         self.get_logger().info(f"inference: {getattr(runner, 'description', self.backend)}")
 
-        out_qos = publisher_qos(depth=values["qos_depth"])
+        # Outputs follow the node's latest-frame-wins rule: by default a slow reader gets the newest result, and
+        # the publisher holds one sample per topic instead of qos_depth (5 x 7 MB of outputs at 640x480 was
+        # the whole RSS growth of a 10-minute run; docs/ros.md).
+        out_qos = publisher_qos(depth=values["output_qos_depth"])
         self._pub_disparity = self.create_publisher(DisparityImage, "disparity", out_qos)
         self._pub_depth = self.create_publisher(Image, "depth", out_qos)
         self._pub_depth_info = self.create_publisher(CameraInfo, "depth/camera_info", out_qos)
