@@ -163,6 +163,13 @@ def main() -> int:
             "rss_growth_mb": rss_end - rss_start,
             # Growth over the second half separates a leak (keeps growing) from allocator warm-up (plateaus).
             "rss_growth_second_half_mb": rss_end - rss_samples[len(rss_samples) // 2][1] if rss_samples else None,
+            # After the first minute the bounded queues (input history, synchronizer, DDS pools, output buffers)
+            # are full: growth from there on is what a leak would show.
+            "rss_growth_after_60s_mb": (
+                rss_end - next(mb for t, mb in rss_samples if t >= 59.0)
+                if any(t >= 59.0 for t, _ in rss_samples)
+                else None
+            ),
             "rss_samples_s_mb": rss_samples,
         }
         print(json.dumps(result, indent=2))
