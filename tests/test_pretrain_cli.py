@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "pretrain.py"
 
 
-def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def run(*args: str, timeout: float = 240, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -33,6 +33,8 @@ def tiny_recipe(tmp_path: Path) -> Path:
     )
     recipe["optim"].update(steps=3, batch_size=2)
     recipe["trainer"].update(workers=0, validate_every=0, checkpoint_minutes=0, image_every=2, validation="none")
+    # Hermetic: a developer's real Depth Anything weights in weights/ must not change these runs.
+    recipe["data"]["photos"] = {"depth_model": "none"}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -98,3 +100,64 @@ def test_shipped_weights_beat_sgbm_on_motorcycle():
     assert metrics["bad2"] < metrics["sgbm_bad2"], metrics
     # The sidecar's numbers are the ones this run measures (same code, same pair).
     assert abs(sidecar["motorcycle"]["bad2"] - metrics["bad2"]) < 0.5
+
+
+@pytest.mark.slow
+def test_photo_pairs_are_mixed_in_wherever_depth_anything_weights_are_on_disk(tmp_path, tiny_depth_anything):
+    import shutil
+
+    recipe_path = tiny_recipe(tmp_path)
+    recipe = yaml.safe_load(recipe_path.read_text())
+    del recipe["data"]["photos"]  # the defaults: bundled photographs, depth model "auto"
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    env = {"MONO2STEREO_MONO_WEIGHTS": str(weights)}
+
+    # No weights on disk: the run says so and trains on procedural scenes only.
+    plain = run("--config", str(recipe_path), "--out", str(tmp_path / "plain"), "--no-progress", env_extra=env)
+    assert plain.returncode == 0, plain.stderr
+    assert "training without photo pairs: no Depth Anything V2 weights on disk" in plain.stderr
+    _, sidecar = load_model(tmp_path / "plain" / "checkpoints" / "step_0000003.safetensors")
+    assert sidecar["photos"]["used"] is False and "depth_anything_v2_small" in sidecar["photos"]["why"]
+
+    # Weights where "auto" looks: the same command synthesizes pairs from the bundled photographs and trains.
+    shutil.copytree(tiny_depth_anything, weights / "depth_anything_v2_small")
+    out = tmp_path / "photos"
+    mixed = run(
+        "--config", str(recipe_path), "--out", str(out), "--no-progress",
+        "--set", "data.photos.num=2", "--set", "data.photos.fraction=0.5", env_extra=env, timeout=600,
+    )
+    assert mixed.returncode == 0, mixed.stderr[-3000:]
+    _, sidecar = load_model(out / "checkpoints" / "step_0000003.safetensors")
+    photos = sidecar["photos"]
+    assert photos["used"] is True and photos["pairs"] == 2 and photos["fraction"] == 0.5
+    assert photos["depth_model"] == str(weights / "depth_anything_v2_small")
+    manifest = [json.loads(line) for line in (out / "photo_pairs" / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 2 and all((out / "photo_pairs" / r["right"]).is_file() for r in manifest)
+    assert not any("motorcycle" in r["left"] for r in manifest)
+
+
+def test_mixed_dataset_draws_the_requested_share_deterministically():
+    from mono2stereo_core.training.datasets import MixedDataset
+
+    class Tagged:
+        def __init__(self, tag, n):
+            self.tag, self.n = tag, n
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return (self.tag, i)
+
+    # (Plain tuples pass through; dict items keep MixedDataset.KEYS, checked by the run above.)
+    mix = MixedDataset(Tagged("procedural", 4000), Tagged("photo", 7), fraction=0.3, seed=5)
+    items = [mix[i] for i in range(len(mix))]
+    share = sum(tag == "photo" for tag, _ in items) / len(items)
+    assert len(mix) == 4000 and 0.27 < share < 0.33
+    assert items == [mix[i] for i in range(len(mix))]  # same choice every epoch, rank and resume
+    assert all(i < 7 for tag, i in items if tag == "photo")
+    assert [mix[i] for i in range(50)] != [MixedDataset(Tagged("procedural", 4000), Tagged("photo", 7), fraction=0.3, seed=6)[i] for i in range(50)]
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
+        MixedDataset(Tagged("a", 1), Tagged("b", 1), fraction=1.5)

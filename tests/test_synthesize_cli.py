@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from skimage import data
 
 from mono2stereo_core.training.datasets import read_disparity_file
@@ -34,25 +33,6 @@ def cli():
 
 def _manifest(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def tiny_depth_anything(tmp_path_factory):
-    """A randomly initialised, tiny Depth Anything V2 checkpoint on disk (loads offline)."""
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
-
-    torch.manual_seed(0)
-    backbone = Dinov2Config(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=14,
-        image_size=518, out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False,
-    )
-    config = DepthAnythingConfig(
-        backbone_config=backbone, fusion_hidden_size=16, neck_hidden_sizes=[8, 16, 32, 32], head_hidden_size=8,
-        reassemble_hidden_size=32, depth_estimation_type="relative",
-    )
-    directory = tmp_path_factory.mktemp("da2_tiny")
-    DepthAnythingForDepthEstimation(config).eval().save_pretrained(directory)
-    return directory
 
 
 def test_procedural_run_writes_dataset_and_resumes(cli, tmp_path, capsys):

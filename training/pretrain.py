@@ -10,7 +10,10 @@ Examples:
 
 Data (``data.kind``): ``procedural`` renders seeded 3-D scenes on the fly (no files at all),
 ``synthesized`` reads a folder made by ``training/synthesize.py`` from your own photographs, and
-``gt_folder`` reads Middlebury/KITTI folders. SIGINT/SIGTERM checkpoint and exit; ``--resume`` continues
+``gt_folder`` reads Middlebury/KITTI folders. Wherever Depth Anything V2 weights are on disk
+(``weights/depth_anything_v2_small`` ...), ``data.photos`` mixes in stage-1 pairs synthesized from real
+photographs (scikit-image's bundled ones by default, or ``--set data.photos.images=DIR``); ``--set
+data.photos.depth_model=none`` turns that off. SIGINT/SIGTERM checkpoint and exit; ``--resume`` continues
 exactly. Every run validates zero-shot on the Middlebury motorcycle pair (``trainer.validation``).
 """
 
@@ -30,6 +33,7 @@ from common import (
     set_threads,
     validation_from_config,
 )
+from photos import prepare_photo_pairs
 
 from mono2stereo_core.training.config import config_hash, load_config
 from mono2stereo_core.training.datasets import build_dataset
@@ -86,6 +90,12 @@ def prerender(config: dict, dataset, *, steps: int, shard: str) -> int:
     return 0
 
 
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.config, overrides=args.overrides)
@@ -97,10 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     context = init_distributed()
     try:
         network, _ = build_network(config)
-        dataset = build_dataset(config, stride=int(network.stride))
+        photo_root, photo_info = None, {"used": False, "why": "--prerender"}
+        if not args.prerender:
+            photo_root, photo_info = prepare_photo_pairs(
+                config, out=out, is_main=context.is_main, barrier=_barrier if context.enabled else None
+            )
+        dataset = build_dataset(config, stride=int(network.stride), photo_root=photo_root)
         if args.prerender:
             return prerender(config, dataset, steps=args.prerender, shard=args.shard)
         sidecar = base_sidecar(config, stage="pretrain", context=context)
+        sidecar["photos"] = photo_info
         sidecar["data"] = {
             "kind": config["data"]["kind"],
             "root": config["data"]["root"],

@@ -57,6 +57,23 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "slop_s": 0.01,
         "mono_model": None,
         "teacher_cache": None,
+        # Stage-1 pairs synthesized from real photographs (training/synthesize.py: Depth Anything V2 depth ->
+        # forward warp -> EA inpainting), mixed into the procedural/synthesized data. Used wherever the
+        # monocular weights are on disk; without them the run says so and trains on the rest.
+        "photos": {
+            # A folder of photographs (recursive), "bundled" (scikit-image's offline photographs: astronaut,
+            # coffee, rocket, ...; never the motorcycle evaluation pair) or null (off).
+            "images": "bundled",
+            # A local Depth Anything V2 folder / .onnx, "auto" (the first of weights/depth_anything_v2_small,
+            # _base, _large; $MONO2STEREO_MONO_WEIGHTS replaces weights/) or "none".
+            "depth_model": "auto",
+            # Share of training items drawn from the photo pairs.
+            "fraction": 0.3,
+            # Where the pairs are written and reused (null = <run>/photo_pairs); synthesize.py resumes there.
+            "out": None,
+            # At most this many photographs (null = all).
+            "num": None,
+        },
     },
     "loss": {
         # sequence (dense, stage 1) | s2dkd (sparse GT + teacher, stage 2)

@@ -764,8 +764,66 @@ def augment_config_from(value: Any) -> AugmentConfig | None:
     raise ValueError(f"data.augment must be true, false or a mapping of AugmentConfig fields, instead got {value!r}")
 
 
-def build_dataset(config: dict[str, Any], *, stride: int) -> Dataset:
-    """The stage-1 / supervised dataset a recipe's ``data`` section describes (bags: see finetune.py)."""
+class MixedDataset(Dataset):
+    """``primary`` with a ``fraction`` of its items replaced by items of ``secondary``, deterministically.
+
+    Item ``i`` comes from ``secondary`` when a hash of ``(seed, i)`` falls below ``fraction`` (so the choice
+    survives resume and is the same on every rank), at index ``i mod len(secondary)``. Length: ``len(primary)``.
+    Items keep only ``keys`` (what the supervised losses read), so that a batch of both kinds collates:
+    procedural items also carry the right-view labels that only their own augmentation needs.
+    """
+
+    KEYS = ("left", "right", "disparity", "valid")
+
+    def __init__(self, primary: Dataset, secondary: Dataset, *, fraction: float, seed: int = 0):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"the mixing fraction must be in [0, 1], instead got {fraction}")
+        if len(secondary) == 0:
+            raise ValueError("the secondary dataset of a mix is empty")
+        self.primary, self.secondary = primary, secondary
+        self.fraction, self.seed = float(fraction), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.primary)
+
+    def from_secondary(self, index: int) -> bool:
+        return _item_rng(self.seed, index, stream=7).random() < self.fraction
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self.from_secondary(index):
+            item = self.secondary[index % len(self.secondary)]
+        else:
+            item = self.primary[index]
+        if not isinstance(item, dict):
+            return item
+        missing = [k for k in self.KEYS if k not in item]
+        if missing:
+            raise KeyError(f"item {index} of a mixed dataset lacks {missing}")
+        return {k: item[k] for k in self.KEYS}
+
+
+def build_dataset(config: dict[str, Any], *, stride: int, photo_root: str | Path | None = None) -> Dataset:
+    """The stage-1 / supervised dataset a recipe's ``data`` section describes (bags: see finetune.py).
+
+    ``photo_root``: a folder of stage-1 pairs synthesized from photographs (``training/pretrain.py`` prepares
+    it from ``data.photos``); ``data.photos.fraction`` of the items then come from it (:class:`MixedDataset`).
+    """
+    dataset = _base_dataset(config, stride=stride)
+    if photo_root is None:
+        return dataset
+    data = config["data"]
+    crop = CropSpec(height=int(data["crop_height"]), width=int(data["crop_width"]), stride=stride)
+    photos = SynthesizedFolderDataset(
+        photo_root,
+        crop=crop,
+        max_disparity=float(config["model"]["max_disparity"]),
+        base_seed=int(data["base_seed"]) + 1,
+        augment=augment_config_from(data["augment"]),
+    )
+    return MixedDataset(dataset, photos, fraction=float(data["photos"]["fraction"]), seed=int(data["base_seed"]))
+
+
+def _base_dataset(config: dict[str, Any], *, stride: int) -> Dataset:
     data = config["data"]
     crop = CropSpec(height=int(data["crop_height"]), width=int(data["crop_width"]), stride=stride)
     max_disparity = float(config["model"]["max_disparity"])
