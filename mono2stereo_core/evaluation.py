@@ -203,6 +203,7 @@ def depth_edge_mask(disparity: np.ndarray, *, radius: int = EDGE_RADIUS, jump: f
     pixels of the pair are marked, then the mask is dilated by ``radius``. Unknown pixels never mark.
     """
     d = _as_disparity(disparity, name="ground-truth")
+    d = np.where(np.isfinite(d), d, np.nan)  # +inf (Middlebury's "unknown") must not mark its neighbours
     seeds = np.zeros(d.shape, bool)
     with np.errstate(invalid="ignore"):
         horizontal = np.abs(d[:, 1:] - d[:, :-1]) > jump
@@ -476,9 +477,9 @@ def evaluate_dataset(
     With ``out_dir`` each scene gets ``<scene>_side_by_side.png`` (:func:`side_by_side_image`) and
     ``<scene>_disparity.png`` (the method's colorized disparity).
 
-    The report has the pooled all-pixel metrics at the top level (``METRIC_KEYS``), ``noc`` and (with
-    ``compare_fn``) ``both`` sub-dicts, ``compare`` (the comparison method's ``all`` / ``noc`` / ``both``
-    metrics), ``scenes`` (the same per scene, plus timing) and ``timing``. Pooling adds pixel counts, so
+    The report has the pooled all-pixel metrics at the top level (``METRIC_KEYS``), ``noc``, ``edge``,
+    ``interior`` and (with ``compare_fn``) ``both``, ``both_edge``, ``both_interior`` sub-dicts, ``compare``
+    (the comparison method's metrics on each of those regions), ``scenes`` (the same per scene, plus timing) and ``timing``. Pooling adds pixel counts, so
     every scored pixel of every scene weighs the same.
     """
     import time

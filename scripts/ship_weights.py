@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import hashlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -53,17 +54,18 @@ def run(command: list[str]) -> None:
 def motorcycle_block(report: dict) -> dict:
     """The sidecar's ``motorcycle`` entry from an evaluate.py report (ours vs SGBM)."""
 
-    def pick(section: dict) -> dict:
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in section.items()}
+    def r3(value):
+        return None if value is None else round(float(value), 3)  # None: an empty region (no pixels)
 
-    block = pick({k: v for k, v in report.items() if k in ("epe", "bad1", "bad2", "bad3", "d1_all", "density", "n_pixels")})
+    block = {k: (v if k == "n_pixels" else r3(v)) for k, v in report.items()
+             if k in ("epe", "bad1", "bad2", "bad3", "d1_all", "density", "n_pixels")}
     for region in REGIONS:
-        block[f"{region}_bad2"] = round(report[region]["bad2"], 3)
+        block[f"{region}_bad2"] = r3(report[region]["bad2"])
     compare = report["compare"]
-    block["sgbm_bad2"] = round(compare["all"]["bad2"], 3)
+    block["sgbm_bad2"] = r3(compare["all"]["bad2"])
     for region in REGIONS:
-        block[f"sgbm_{region}_bad2"] = round(compare[region]["bad2"], 3)
-    block["sgbm_density"] = round(compare["all"]["density"], 3)
+        block[f"sgbm_{region}_bad2"] = r3(compare[region]["bad2"])
+    block["sgbm_density"] = r3(compare["all"]["density"])
     block["note"] = (
         "Middlebury 2014 motorcycle (skimage.data.stereo_motorcycle), never used in training; full resolution "
         "741x500; percent of GT-valid pixels, holes count as errors; both = pixels where SGBM predicts; edge = "
@@ -100,47 +102,54 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     python = sys.executable
-    weights = args.weights_dir / "m2s_rt.safetensors"
+    weights_dir = args.weights_dir.resolve()
+    weights = weights_dir / "m2s_rt.safetensors"
     with tempfile.TemporaryDirectory() as tmp:
-        # Score a staged copy first: nothing in weights/ changes unless the checkpoint qualifies.
+        # Everything is built in a staging folder first; weights/ changes only once all three files exist,
+        # and then file by file with os.replace (no half-written file is ever visible).
         staged = Path(tmp) / "m2s_rt.safetensors"
         shutil.copyfile(checkpoint, staged)
         shutil.copyfile(source_sidecar, staged.with_suffix(".json"))
-        eval_out = args.eval_out or Path(tmp) / "eval"
+        eval_out = args.eval_out.resolve() if args.eval_out else Path(tmp) / "eval"
         run([python, "training/evaluate.py", "--checkpoint", str(staged), "--data", "motorcycle",
              "--compare", "sgbm", "--backend", "torch", "--no-progress", "--out", str(eval_out)])
         report = json.loads((eval_out / "report.json").read_text())
         block = motorcycle_block(report)
-        if block["bad2"] >= block["sgbm_bad2"] and not args.allow_worse:
+        if (block["bad2"] is None or block["bad2"] >= block["sgbm_bad2"]) and not args.allow_worse:
             print(f"ship_weights.py: all-pixel bad-2 {block['bad2']} is not below SGBM's {block['sgbm_bad2']}; "
                   "not shipping (--allow-worse overrides)", file=sys.stderr)
             return 1
-        args.weights_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(staged, weights)
 
-    step, total = sidecar.get("step"), sidecar.get("total_steps")
-    sidecar.pop("validation", None)
-    sidecar.update(
-        weights_file=weights.name,
-        weights_sha256=sha256(weights),
-        source_checkpoint=str(checkpoint.relative_to(REPO)) if checkpoint.is_relative_to(REPO) else str(checkpoint),
-        reproduce=args.reproduce + f"   # shipped file = {checkpoint.relative_to(REPO) if checkpoint.is_relative_to(REPO) else checkpoint}",
-        shipped={
-            "date": dt.date.today().isoformat(),
-            "selection": args.selection
-            or f"step {step} of {total} of the last stage; no checkpoint selection on the evaluation pair",
-            "command": "python scripts/ship_weights.py --checkpoint ... --reproduce ...",
-        },
-        machine=f"{platform.system()} {platform.machine()}, {sidecar.get('training', {}).get('machine', '?')}",
-        motorcycle=block,
-    )
-    for key_text in args.note:
-        key, text = key_text.split("=", 1)
-        sidecar[key.strip()] = text
-    (args.weights_dir / "m2s_rt.json").write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+        step, total = sidecar.get("step"), sidecar.get("total_steps")
+        shown = checkpoint.relative_to(REPO) if checkpoint.is_relative_to(REPO) else checkpoint
+        sidecar.pop("validation", None)
+        sidecar.update(
+            weights_file=weights.name,
+            weights_sha256=sha256(staged),
+            source_checkpoint=str(shown),
+            reproduce=args.reproduce + f"   # shipped file = {shown}",
+            shipped={
+                "date": dt.date.today().isoformat(),
+                "selection": args.selection
+                or f"step {step} of {total} of the last stage; no checkpoint selection on the evaluation pair",
+                "command": "python scripts/ship_weights.py --checkpoint ... --reproduce ...",
+            },
+            machine=f"{platform.system()} {platform.machine()}, {sidecar.get('training', {}).get('machine', '?')}",
+            motorcycle=block,
+        )
+        for key_text in args.note:
+            key, text = key_text.split("=", 1)
+            sidecar[key.strip()] = text
+        staged.with_suffix(".json").write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+        staged_onnx = Path(tmp) / "m2s_rt_640x480.onnx"
+        run([python, "training/export.py", "--checkpoint", str(staged), "--height", "480", "--width", "640",
+             "--onnx", str(staged_onnx), "--force"])
 
-    run([python, "training/export.py", "--checkpoint", str(weights), "--height", "480", "--width", "640",
-         "--onnx", str(args.weights_dir / "m2s_rt_640x480.onnx"), "--force"])
+        weights_dir.mkdir(parents=True, exist_ok=True)
+        for source in (staged, staged.with_suffix(".json"), staged_onnx):
+            target = weights_dir / source.name
+            shutil.copyfile(source, target.with_name(f".{target.name}.tmp"))
+            os.replace(target.with_name(f".{target.name}.tmp"), target)
     print(f"shipped {weights} (sha256 {sidecar['weights_sha256'][:12]}): motorcycle bad-2 all {block['bad2']} "
           f"(SGBM {block['sgbm_bad2']}), noc {block['noc_bad2']}, on SGBM's pixels {block['both_bad2']} "
           f"(SGBM {block['sgbm_both_bad2']})")

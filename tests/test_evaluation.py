@@ -161,6 +161,8 @@ def test_depth_edge_mask_marks_boundaries_not_slanted_surfaces():
     edges = np.flatnonzero(mask[6])
     assert edges.tolist() == [17, 18, 19, 20, 21, 22, 27, 28, 29, 30, 31, 32]
     assert not depth_edge_mask(d, radius=0)[:, 34:37].any()  # NaN neighbours never mark
+    d[:, 35] = np.inf  # Middlebury's "unknown" marker behaves like NaN
+    assert not depth_edge_mask(d, radius=0)[:, 34:37].any()
     assert depth_edge_mask(d, radius=0).sum() == 4 * 12
 
 

@@ -158,6 +158,13 @@ def test_warp_correlation_equals_bilinear_grid_sample_values_and_gradients():
         # Disparity gradients differ only where a sample lands exactly on a column (a kink of bilinear).
         close = torch.isclose(a, b, atol=1e-4)
         assert close.float().mean().item() > (0.98 if name == "disparity" else 0.999), name
+    # A NaN or absurd estimate (a diverging fine-tune, a bad input) samples nothing instead of indexing garbage.
+    wild = disparity.detach().clone()
+    wild[0, 0, 1, :3] = torch.tensor([float("nan"), 1e9, -1e9])
+    out = warp_correlation(left, right, wild, radius=2, groups=4)
+    assert torch.isfinite(out).all() and (out[0, :, 1, :2] == 0).all()
+    with pytest.raises(ValueError, match="divisible by the correlation groups"):
+        warp_correlation(left, right, disparity, radius=2, groups=3)
 
 
 def test_local_soft_argmax_ignores_a_distant_second_mode():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mono2stereo_core.models import load_model
@@ -132,10 +133,26 @@ def test_photo_pairs_are_mixed_in_wherever_depth_anything_weights_are_on_disk(tm
     _, sidecar = load_model(out / "checkpoints" / "step_0000003.safetensors")
     photos = sidecar["photos"]
     assert photos["used"] is True and photos["pairs"] == 2 and photos["fraction"] == 0.5
+    assert photos["dataset"] == "MixedDataset"
     assert photos["depth_model"] == str(weights / "depth_anything_v2_small")
     manifest = [json.loads(line) for line in (out / "photo_pairs" / "manifest.jsonl").read_text().splitlines()]
     assert len(manifest) == 2 and all((out / "photo_pairs" / r["right"]).is_file() for r in manifest)
     assert not any("motorcycle" in r["left"] for r in manifest)
+
+    # The mix the run trained on: photo items collate with procedural ones (same keys), and each repetition of
+    # the two photo pairs is a different crop, not the same item over and over.
+    from mono2stereo_core.training.datasets import MixedDataset, build_dataset
+
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    dataset = build_dataset(config, stride=8, photo_root=out / "photo_pairs")
+    assert isinstance(dataset, MixedDataset)
+    photo_indices = [i for i in range(200) if dataset.from_secondary(i)][:6]
+    assert len(photo_indices) == 6
+    items = [dataset[i] for i in photo_indices]
+    procedural = dataset[next(i for i in range(200) if not dataset.from_secondary(i))]
+    assert all(set(item) == set(procedural) == set(MixedDataset.KEYS) for item in items)
+    same_pair = [item for i, item in zip(photo_indices, items) if i % 2 == photo_indices[0] % 2]
+    assert len(same_pair) >= 2 and not torch.equal(same_pair[0]["left"], same_pair[1]["left"])
 
 
 def test_mixed_dataset_draws_the_requested_share_deterministically():

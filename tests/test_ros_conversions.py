@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import ros_helpers  # noqa: F401  (puts the ROS package on sys.path)
 from mono2stereo.conversions import OutputBuffers, array_to_image, point_cloud, set_uint8_data
+from sensor_msgs.msg import Image
 from skimage.data import stereo_motorcycle
+from std_msgs.msg import Header
 
 from mono2stereo_core.geometry import MOTORCYCLE_CAMERA as CAM
 from mono2stereo_core.pointcloud import unpack_xyzrgb
-
-Header = pytest.importorskip("std_msgs.msg").Header
-Image = pytest.importorskip("sensor_msgs.msg").Image
 
 
 @pytest.fixture(scope="module")

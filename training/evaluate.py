@@ -166,10 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sgbm both : {fmt(report['compare']['both'])}")
         # Where the errors are: near GT depth edges (object boundaries, thin structures) or on surfaces.
         share = 100.0 * report["both_edge"]["n_pixels"] / max(report["both"]["n_pixels"], 1)
+
+        def bad2(section: dict) -> str:
+            return "-" if section["bad2"] is None else f"{section['bad2']:.2f}"
+
         for region in ("both_edge", "both_interior"):
-            ours, theirs = report[region], report["compare"][region]
             print(
-                f"{region:<13}: {args.method} bad2 {ours['bad2']:.2f}  sgbm bad2 {theirs['bad2']:.2f}"
+                f"{region:<13}: {args.method} bad2 {bad2(report[region])}  sgbm bad2 {bad2(report['compare'][region])}"
                 + (f"  ({share:.1f} % of the 'both' pixels lie within 2 px of a depth edge)" if region == "both_edge" else "")
             )
     print(f"report: {args.out / 'report.json'}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +26,18 @@ AUTO_DEPTH_MODELS = ("depth_anything_v2_small", "depth_anything_v2_base", "depth
 
 def resolve_depth_model(spec: str | None) -> tuple[str | None, str]:
     """``(model path or None, why)`` for ``data.photos.depth_model``."""
-    from mono2stereo_core.mono import default_weights_dir
+    from mono2stereo_core.mono import HUB_IDS, default_weights_dir
 
     if spec is None or str(spec) == "none":
         return None, "data.photos.depth_model is none"
+    root = default_weights_dir()
     if str(spec) != "auto":
         path = Path(spec)
+        if str(spec) in HUB_IDS and not path.exists():
+            path = root / str(spec)  # a short name, as synthesize.py accepts it
         if not path.exists():
             raise FileNotFoundError(f"data.photos.depth_model {spec} does not exist")
         return str(path), f"data.photos.depth_model {spec}"
-    root = default_weights_dir()
     for name in AUTO_DEPTH_MODELS:
         candidate = root / name
         if (candidate / "config.json").is_file():
@@ -67,12 +71,19 @@ def prepare_photo_pairs(config: dict[str, Any], *, out: Path, is_main: bool, bar
 
     ``info`` goes into the checkpoint sidecar (``photos``): whether photo pairs were used, the depth model, the
     folder and its pair count, or why not. Only the main rank synthesizes; ``barrier`` (if given) is called
-    afterwards so every rank sees the finished folder.
+    afterwards so every rank sees the finished folder. Under DDP a large photo collection is better
+    synthesized beforehand (``torchrun ... training/synthesize.py``, sharded) into ``data.photos.out``: the
+    other ranks wait at the barrier, whose timeout (NCCL: 10 minutes) a long synthesis would exceed.
     """
     photos = config["data"].get("photos") or {}
     images = photos.get("images")
-    if config["data"]["kind"] not in ("procedural", "synthesized", "gt_folder") or not images:
-        return None, {"used": False, "why": "data.photos.images is null" if not images else "not a stage-1 recipe"}
+    fraction = float(photos.get("fraction", 0.0))
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"data.photos.fraction must be in [0, 1], instead got {fraction}")
+    if not images:
+        return None, {"used": False, "why": "data.photos.images is null"}
+    if fraction == 0.0:
+        return None, {"used": False, "why": "data.photos.fraction is 0"}
     model, why = resolve_depth_model(photos.get("depth_model", "auto"))
     if model is None:
         if is_main:
@@ -88,15 +99,21 @@ def prepare_photo_pairs(config: dict[str, Any], *, out: Path, is_main: bool, bar
         if not source.is_dir():
             raise FileNotFoundError(f"data.photos.images {images} is not a folder")
     if is_main:
-        import synthesize
-
-        argv = ["--images", str(source), "--depth-model", model, "--out", str(folder), "--no-progress"]
+        # A separate process: synthesize.py sets its own thread count and keeps the depth model loaded, neither
+        # of which should outlive it in the training process. --shard 0/1: one process does every photo even
+        # under torchrun (whose RANK/WORLD_SIZE it inherits).
+        command = [
+            sys.executable, str(Path(__file__).with_name("synthesize.py")), "--images", str(source),
+            "--depth-model", model, "--out", str(folder), "--shard", "0/1", "--no-progress",
+        ]
         if photos.get("num"):
-            argv += ["--num", str(int(photos["num"]))]
+            command += ["--num", str(int(photos["num"]))]
         log.info("stage-1 pairs from photographs: %s (%s) -> %s", source, why, folder)
-        code = synthesize.main(argv)
-        if code != 0:
-            raise RuntimeError(f"synthesizing photo pairs failed (exit {code}): python training/synthesize.py {' '.join(argv)}")
+        result = subprocess.run(command, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"synthesizing photo pairs failed (exit {result.returncode}): {' '.join(command)}"
+            )
     if barrier is not None:
         barrier()
     manifest = folder / "manifest.jsonl"
@@ -109,5 +126,5 @@ def prepare_photo_pairs(config: dict[str, Any], *, out: Path, is_main: bool, bar
         "images": str(images),
         "folder": str(folder),
         "pairs": pairs,
-        "fraction": float(photos.get("fraction", 0.0)),
+        "fraction": fraction,
     }

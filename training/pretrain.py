@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.prerender:
             return prerender(config, dataset, steps=args.prerender, shard=args.shard)
         sidecar = base_sidecar(config, stage="pretrain", context=context)
-        sidecar["photos"] = photo_info
+        sidecar["photos"] = dict(photo_info, dataset=type(dataset).__name__)
         sidecar["data"] = {
             "kind": config["data"]["kind"],
             "root": config["data"]["root"],

@@ -219,13 +219,17 @@ def warp_correlation(left: Tensor, right: Tensor, disparity: Tensor, *, radius: 
     1/2 of 640x480, measured in isolation).
     """
     n, c, h, w = left.shape
+    if c % groups != 0:
+        raise ValueError(f"feature channels ({c}) must be divisible by the correlation groups, instead got {groups}")
     k = 2 * radius + 1
-    xs = torch.arange(w, dtype=left.dtype, device=left.device).view(1, 1, 1, w)
+    # Positions in float32 even under fp16/AMP: half precision would quantise the fraction to 1/4 px at w ~ 300.
+    xs = torch.arange(w, dtype=torch.float32, device=left.device).view(1, 1, 1, w)
     # Source column of the largest offset (+radius), the leftmost sample; the others follow at +1 each.
-    pos = xs - disparity - radius
+    # Clamping keeps NaN/huge estimates in range: every sample there is outside the image and correlates to 0.
+    pos = (xs - disparity.float() - radius).nan_to_num(-float(k + 1)).clamp(-float(k + 1), float(w))
     base = torch.floor(pos)
-    frac = (pos - base).unsqueeze(-1)  # N x 1 x h x w x 1, the same for every offset
-    cols = base + torch.arange(k + 1, dtype=left.dtype, device=left.device).view(1, k + 1, 1, 1)
+    frac = (pos - base).to(left.dtype).unsqueeze(-1)  # N x 1 x h x w x 1, the same for every offset
+    cols = base + torch.arange(k + 1, dtype=torch.float32, device=left.device).view(1, k + 1, 1, 1)
     valid = ((cols >= 0) & (cols <= w - 1)).to(left.dtype).unsqueeze(-1)  # zeros padding
     # Row-major index into the (N h w) x C channels-last right features.
     offsets = torch.arange(n, device=left.device).view(n, 1, 1, 1) * (h * w) + torch.arange(

@@ -58,14 +58,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "mono_model": None,
         "teacher_cache": None,
         # Stage-1 pairs synthesized from real photographs (training/synthesize.py: Depth Anything V2 depth ->
-        # forward warp -> EA inpainting), mixed into the procedural/synthesized data. Used wherever the
-        # monocular weights are on disk; without them the run says so and trains on the rest.
+        # forward warp -> EA inpainting), mixed into pretrain.py's data (any data.kind). Used wherever the
+        # monocular weights are on disk; without them the run says so and trains on the rest. The checkpoint
+        # sidecar's "photos" entry records the resolved model and pair count.
         "photos": {
             # A folder of photographs (recursive), "bundled" (scikit-image's offline photographs: astronaut,
             # coffee, rocket, ...; never the motorcycle evaluation pair) or null (off).
             "images": "bundled",
-            # A local Depth Anything V2 folder / .onnx, "auto" (the first of weights/depth_anything_v2_small,
-            # _base, _large; $MONO2STEREO_MONO_WEIGHTS replaces weights/) or "none".
+            # A local Depth Anything V2 folder / .onnx / short name (depth_anything_v2_small), "auto" (the first
+            # of weights/depth_anything_v2_small, _base, _large; $MONO2STEREO_MONO_WEIGHTS replaces weights/)
+            # or "none".
             "depth_model": "auto",
             # Share of training items drawn from the photo pairs.
             "fraction": 0.3,

@@ -389,6 +389,10 @@ class SynthesizedFolderDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.item(index, seed_index=index)
+
+    def item(self, index: int, *, seed_index: int) -> dict[str, torch.Tensor]:
+        """Pair ``index`` with the crop and augmentation of ``seed_index`` (a mix reuses pairs with new crops)."""
         record = self.records[index]
         disparity = read_disparity_file(self.root / record["disp"])
         valid = _valid_disparity(disparity, self.max_disparity)
@@ -403,7 +407,7 @@ class SynthesizedFolderDataset(Dataset):
             "disparity": disparity,
             "valid": valid,
         }
-        return make_item(arrays, crop=self.crop, augment=self.augment, seed_parts=(self.base_seed, index))
+        return make_item(arrays, crop=self.crop, augment=self.augment, seed_parts=(self.base_seed, seed_index))
 
 
 class GroundTruthFolderDataset(Dataset):
@@ -768,7 +772,8 @@ class MixedDataset(Dataset):
     """``primary`` with a ``fraction`` of its items replaced by items of ``secondary``, deterministically.
 
     Item ``i`` comes from ``secondary`` when a hash of ``(seed, i)`` falls below ``fraction`` (so the choice
-    survives resume and is the same on every rank), at index ``i mod len(secondary)``. Length: ``len(primary)``.
+    survives resume and is the same on every rank), at index ``i mod len(secondary)`` with the crop and
+    augmentation of ``i`` when ``secondary`` has an ``item(index, seed_index=)`` method. Length: ``len(primary)``.
     Items keep only ``keys`` (what the supervised losses read), so that a batch of both kinds collates:
     procedural items also carry the right-view labels that only their own augmentation needs.
     """
@@ -791,7 +796,11 @@ class MixedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self.from_secondary(index):
-            item = self.secondary[index % len(self.secondary)]
+            # A small photo set repeats: each repetition gets the crop and augmentation of the mixed index.
+            if hasattr(self.secondary, "item"):
+                item = self.secondary.item(index % len(self.secondary), seed_index=index)
+            else:
+                item = self.secondary[index % len(self.secondary)]
         else:
             item = self.primary[index]
         if not isinstance(item, dict):
