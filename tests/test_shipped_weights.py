@@ -16,7 +16,11 @@ def test_sidecar_describes_the_shipped_file():
     sidecar = json.loads((WEIGHTS / "m2s_rt.json").read_text())
     assert sidecar["weights_sha256"] == _sha256(WEIGHTS / "m2s_rt.safetensors")
     assert sidecar["reproduce"].startswith("python training/pretrain.py --config config/train/pretrain_rt.yaml")
-    for recipe in ("config/train/pretrain_rt.yaml", "config/train/pretrain_rt_continue.yaml"):
+    for recipe in (
+        "config/train/pretrain_rt.yaml",
+        "config/train/pretrain_rt_continue.yaml",
+        "config/train/pretrain_rt_long.yaml",
+    ):
         assert recipe in sidecar["reproduce"] and (WEIGHTS.parent / recipe).is_file()
     assert (WEIGHTS / "m2s_rt.safetensors").stat().st_size < 20e6
 
