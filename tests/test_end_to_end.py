@@ -187,7 +187,10 @@ def test_recorded_bag_finetunes_exports_and_serves(client, scenes, tmp_path):
     # -- 4. a stereo_node loads the new ONNX and publishes the disparity of a new pair --------------------
     node = NodeProcess(
         "mono2stereo.stereo_node",
-        ros_args({"model_path": str(onnx_path), "backend": "onnxruntime", "qos_reliability": "reliable"}, namespace="/e2e"),
+        ros_args(
+            {"model_path": str(onnx_path), "backend": "onnxruntime", "qos_reliability": "reliable", "output_qos_depth": 10},
+            namespace="/e2e",
+        ),
         domain_id=DOMAIN_ID,
         log_path=tmp_path / "stereo_node.log",
     )

@@ -150,7 +150,8 @@ def stereo(model, client, diagnostics, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "stereo_node.log"
     proc = NodeProcess(
         "mono2stereo.stereo_node",
-        ros_args({"model_path": str(model), "qos_reliability": "reliable", "qos_depth": 10}, namespace=NS),
+        # Outputs with a history (default: latest only): these tests assert that every output arrives.
+        ros_args({"model_path": str(model), "qos_reliability": "reliable", "qos_depth": 10, "output_qos_depth": 10}, namespace=NS),
         domain_id=DOMAIN_ID,
         log_path=log,
     )
@@ -487,7 +488,7 @@ def test_approximate_sync_pairs_within_slop_and_reports_missing_camera_info(mode
     proc = NodeProcess(
         "mono2stereo.stereo_node",
         ros_args(
-            {"model_path": str(model), "approximate_sync": True, "slop": 0.02, "queue_size": 5},
+            {"model_path": str(model), "approximate_sync": True, "slop": 0.02, "queue_size": 5, "output_qos_depth": 10},
             namespace=ns, name="approx_node",
         ),
         domain_id=DOMAIN_ID,
@@ -540,7 +541,7 @@ def test_node_runs_an_exported_onnx_model(model, client, diagnostics, tmp_path):
     ns = "/onnx"
     proc = NodeProcess(
         "mono2stereo.stereo_node",
-        ros_args({"model_path": str(onnx_path), "backend": "auto"}, namespace=ns, name="onnx_node"),
+        ros_args({"model_path": str(onnx_path), "backend": "auto", "output_qos_depth": 10}, namespace=ns, name="onnx_node"),
         domain_id=DOMAIN_ID,
         log_path=tmp_path / "onnx_node.log",
     )
