@@ -166,9 +166,7 @@ def main() -> int:
             # After the first minute the bounded queues (input history, synchronizer, DDS pools, output buffers)
             # are full: growth from there on is what a leak would show.
             "rss_growth_after_60s_mb": (
-                rss_end - next(mb for t, mb in rss_samples if t >= 59.0)
-                if any(t >= 59.0 for t, _ in rss_samples)
-                else None
+                None if (at_60s := next((mb for t, mb in rss_samples if t >= 59.0), None)) is None else rss_end - at_60s
             ),
             "rss_samples_s_mb": rss_samples,
         }

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
@@ -35,15 +34,11 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mono2stereo_core.inference.engine_cache import file_sha256  # noqa: E402  (the hash export.py stamps)
+
 REGIONS = ("noc", "both", "edge", "interior", "both_edge", "both_interior")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run(command: list[str]) -> None:
@@ -125,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         sidecar.pop("validation", None)
         sidecar.update(
             weights_file=weights.name,
-            weights_sha256=sha256(staged),
+            weights_sha256=file_sha256(staged),
             source_checkpoint=str(shown),
             reproduce=args.reproduce + f"   # shipped file = {shown}",
             shipped={

@@ -72,7 +72,6 @@ class OnnxRunner(StereoRunner):
         if intra_op_num_threads is not None:
             options.intra_op_num_threads = int(intra_op_num_threads)
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        self.allow_spinning = bool(allow_spinning)
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         except Exception as error:

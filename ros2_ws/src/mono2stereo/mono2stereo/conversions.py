@@ -47,14 +47,18 @@ def set_uint8_data(msg, data: array.array) -> None:
         msg.data = data
 
 
+def new_uint8_buffer(nbytes: int) -> array.array:
+    """A zeroed ``array.array('B')`` of ``nbytes``: what messages carry, writable through ``np.frombuffer``."""
+    return array.array("B", bytes(1)) * nbytes
+
+
 class OutputBuffers:
     """One reusable ``array.array('B')`` per output, so publishing allocates nothing per frame.
 
     ``publish()`` serializes the message before it returns, so once it has, the buffer may be overwritten by
     the next frame. Reuse saves the page faults of a fresh multi-megabyte buffer every frame (~2.5 ms for a
-    640x480 cloud) and keeps the process's memory flat: freshly allocated and freed buffers of this size
-    fragment glibc's heap, which showed up as RSS growing in steps over long runs. Only the node's single
-    worker thread may use one instance; a message built from a buffer must not be kept after publishing.
+    640x480 cloud). Only the node's single worker thread may use one instance; a message built from a buffer
+    must not be kept after publishing.
     """
 
     def __init__(self) -> None:
@@ -63,7 +67,7 @@ class OutputBuffers:
     def get(self, key: str, nbytes: int) -> array.array:
         buf = self._buffers.get(key)
         if buf is None or len(buf) != nbytes:
-            buf = array.array("B", bytes(1)) * nbytes
+            buf = new_uint8_buffer(nbytes)
             self._buffers[key] = buf
         return buf
 
@@ -137,14 +141,12 @@ def stereo_camera_from_infos(
 def array_to_image(array: np.ndarray, *, encoding: str, header: Header, buffer: array.array | None = None) -> Image:
     """Encodes an H x W (x C) array; the caller guarantees it matches ``encoding``.
 
-    With ``buffer`` (an ``array.array('B')`` of exactly the image's size, see :class:`OutputBuffers`) the
-    pixels are written into it and the message carries it: no intermediate copies.
+    The pixels are written into ``buffer`` (an ``array.array('B')`` of exactly the image's size, see
+    :class:`OutputBuffers`), or into a fresh one, and the message carries it: no intermediate copies.
     """
     if buffer is None:
-        step, data = encode_image(array, encoding)
-        data = uint8_array(data)
-    else:
-        step, data = encode_image(array, encoding, out=buffer)
+        buffer = new_uint8_buffer(int(np.asarray(array).nbytes))
+    step, data = encode_image(array, encoding, out=buffer)
     msg = Image(
         header=header,
         height=int(array.shape[0]),
@@ -235,7 +237,8 @@ def point_cloud(
         raise ValueError(
             f"points (or rays) and colors must both be H x W x 3, instead got {shape} and {colors.shape}"
         )
-    out = None if buffers is None else buffers.get("points2", shape[0] * shape[1] * XYZRGB_POINT_STEP)
+    nbytes = shape[0] * shape[1] * XYZRGB_POINT_STEP
+    out = new_uint8_buffer(nbytes) if buffers is None else buffers.get("points2", nbytes)
     packed = pack_xyzrgb(points, colors, out=out, depth=depth, rays=rays)
     msg = PointCloud2(
         header=header,
@@ -250,5 +253,5 @@ def point_cloud(
         row_step=int(packed.row_step),
         is_dense=False,
     )
-    set_uint8_data(msg, packed.data if out is not None else uint8_array(packed.data))
+    set_uint8_data(msg, out)
     return msg
