@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arrays import fill_masked
+
 
 @dataclass(frozen=True)
 class StereoCamera:
@@ -77,8 +79,8 @@ class StereoCamera:
     def focal_baseline(self) -> float:
         return self.fx * self.baseline
 
-    def disparity_to_depth(self, disparity: np.ndarray) -> np.ndarray:
-        return disparity_to_depth(disparity, self.fx, self.baseline, doffs=self.doffs)
+    def disparity_to_depth(self, disparity: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        return disparity_to_depth(disparity, self.fx, self.baseline, doffs=self.doffs, out=out)
 
     def depth_to_disparity(self, depth: np.ndarray) -> np.ndarray:
         return depth_to_disparity(depth, self.fx, self.baseline, doffs=self.doffs)
@@ -89,13 +91,20 @@ class StereoCamera:
         return depth_to_points(depth, self.fx, self.fy, self.cx, self.cy)
 
 
-def disparity_to_depth(disparity: np.ndarray, focal: float, baseline: float, *, doffs: float = 0.0) -> np.ndarray:
-    """Metric depth ``f*B/(d+doffs)``; NaN where the disparity is not finite or ``d + doffs <= 0`` (REP 118)."""
-    d = np.asarray(disparity, dtype=np.float32) + np.float32(doffs)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        depth = np.float32(focal * baseline) / d
-    depth[~(np.isfinite(d) & (d > 0))] = np.nan
-    return depth
+def disparity_to_depth(
+    disparity: np.ndarray, focal: float, baseline: float, *, doffs: float = 0.0, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Metric depth ``f*B/(d+doffs)``; NaN where the disparity is not finite or ``d + doffs <= 0`` (REP 118).
+
+    ``out``: optional float32 array of the disparity's shape to write into (the stereo node passes the buffer
+    its depth message carries); returned.
+    """
+    depth = np.add(np.asarray(disparity, dtype=np.float32), np.float32(doffs), out=out, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        np.divide(np.float32(focal * baseline), depth, out=depth)
+        # After the division: d + doffs <= 0 gives depth <= 0 (or -inf / +inf for -0 / +0), a non-finite
+        # d + doffs gives 0 or NaN, so the valid depths are exactly those in (0, inf).
+        return fill_masked(depth, ~((depth > 0) & (depth < np.inf)), np.nan)
 
 
 def depth_to_disparity(depth: np.ndarray, focal: float, baseline: float, *, doffs: float = 0.0) -> np.ndarray:

@@ -151,7 +151,11 @@ def encode_image(array: np.ndarray, encoding: str, *, out=None) -> tuple[int, An
         target = np.frombuffer(out, dtype=np.uint8)
         if target.size != step * a.shape[0]:
             raise ValueError(f"out must hold {step * a.shape[0]} bytes for this image, instead got {target.size}")
-        target.view(layout.dtype.newbyteorder("<")).reshape(a.shape)[...] = a
+        view = target.view(layout.dtype.newbyteorder("<")).reshape(a.shape)
+        # Already there (the caller computed straight into the buffer's view): nothing to copy.
+        same = a.dtype == view.dtype and a.__array_interface__["data"][0] == view.__array_interface__["data"][0]
+        if not (same and a.flags.c_contiguous):
+            view[...] = a
         return step, out
     little = np.ascontiguousarray(a, dtype=layout.dtype.newbyteorder("<"))
     return step, little.tobytes()

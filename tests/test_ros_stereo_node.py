@@ -8,6 +8,7 @@ reprojection of d), which is exact whatever the network says.
 
 from __future__ import annotations
 
+import platform
 import time
 
 import numpy as np
@@ -192,6 +193,9 @@ def test_no_subscribers_means_no_inference(stereo, diagnostics):
     _, _, values = latest_diag(diagnostics, "stereo_node")
     assert int(values["inferences"]) == 0
     assert int(values["skipped_no_subscribers"]) == int(values["pairs_received"]) >= 5
+    # tune_allocator (default true) applied glibc's thresholds and says so (tests/test_ros_conversions.py
+    # checks what they do).
+    assert values["allocator"].startswith("glibc ") if platform.libc_ver()[0] == "glibc" else values["allocator"]
 
 
 def test_outputs_carry_stamp_frame_and_exact_geometry(stereo, client):

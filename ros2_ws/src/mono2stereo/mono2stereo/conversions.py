@@ -15,6 +15,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField, RegionOf
 from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
+from mono2stereo_core.arrays import fill_masked
 from mono2stereo_core.geometry import StereoCamera
 from mono2stereo_core.image_encoding import decode_image, encode_image, to_rgb8
 from mono2stereo_core.pointcloud import XYZRGB_POINT_STEP, pack_xyzrgb
@@ -50,6 +51,15 @@ def set_uint8_data(msg, data: array.array) -> None:
 def new_uint8_buffer(nbytes: int) -> array.array:
     """A zeroed ``array.array('B')`` of ``nbytes``: what messages carry, writable through ``np.frombuffer``."""
     return array.array("B", bytes(1)) * nbytes
+
+
+def buffer_view(buffer: array.array, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A writable numpy view of ``buffer`` (an ``array.array('B')``) as a C-contiguous ``shape`` array of
+    ``dtype`` (little-endian, what the messages declare): compute into it, then wrap it in a message."""
+    view = np.frombuffer(buffer, dtype=np.dtype(dtype).newbyteorder("<"))
+    if view.size != int(np.prod(shape)):
+        raise ValueError(f"buffer of {len(buffer)} bytes does not hold a {shape} {np.dtype(dtype)} array")
+    return view.reshape(shape)
 
 
 class OutputBuffers:
@@ -193,9 +203,14 @@ def disparity_image(
         raise ValueError(f"disparity must be H x W, instead got shape {disparity.shape}")
     valid = np.isfinite(disparity)
     min_disparity = np.float32(camera.doffs)
-    adjusted = np.where(valid, disparity.astype(np.float32) + np.float32(camera.doffs), min_disparity - 1)
+    if buffer is None:
+        buffer = new_uint8_buffer(disparity.size * 4)
+    # Computed straight into the message's buffer.
+    adjusted = buffer_view(buffer, disparity.shape, np.float32)
+    np.add(disparity, np.float32(camera.doffs), out=adjusted, dtype=np.float32)
+    fill_masked(adjusted, ~valid, min_disparity - 1)
     msg = DisparityImage(header=header)
-    msg.image = array_to_image(adjusted.astype(np.float32), encoding="32FC1", header=header, buffer=buffer)
+    msg.image = array_to_image(adjusted, encoding="32FC1", header=header, buffer=buffer)
     msg.f = float(camera.fx)
     msg.t = float(camera.baseline)
     msg.min_disparity = float(min_disparity)

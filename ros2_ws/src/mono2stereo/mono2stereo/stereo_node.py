@@ -34,9 +34,11 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage
 
+from mono2stereo.allocator import tune_allocator
 from mono2stereo.conversions import (
     OutputBuffers,
     array_to_image,
+    buffer_view,
     depth_camera_info,
     disparity_image,
     image_pair_to_rgb8,
@@ -47,6 +49,7 @@ from mono2stereo.conversions import (
 from mono2stereo.diagnostics import ERROR, OK, LatencyWindow, RateWindow, diagnostic_array
 from mono2stereo.qos import RELIABILITY_CHOICES, publisher_qos, subscription_qos
 from mono2stereo.synchronizer import ImagePairSynchronizer
+from mono2stereo_core.arrays import fill_masked
 from mono2stereo_core.viz import colorize_disparity
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -87,6 +90,7 @@ PARAMETERS: dict[str, tuple] = {
     "approximate_sync": (False, "Pair left/right stamps within slop instead of requiring equal stamps", "", None, True),
     "slop": (0.01, "Approximate sync: largest stamp difference of a pair (s)", "", _floats(0.0, 1.0), True),
     "queue_size": (5, "Unmatched messages kept per input by the synchronizer", "", _ints(1, 100), True),
+    "tune_allocator": (True, "Raise glibc's malloc mmap/trim thresholds (process-wide) so the multi-megabyte buffers rclpy allocates per published message are reused instead of page-faulted in every frame; no-op off glibc", "", None, True),
 }
 
 OUTPUT_TOPICS = ("disparity", "depth", "depth/camera_info", "points2", "confidence", "disparity/color")
@@ -143,6 +147,7 @@ class StereoNode(Node):
             raise ValueError(problem)
         self._settings = _settings_from(values)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.allocator = tune_allocator() if values["tune_allocator"] else "default (tune_allocator: false)"
 
         if runner is None:
             from mono2stereo_core.inference.runner import load_runner
@@ -164,6 +169,7 @@ class StereoNode(Node):
         self._runner = runner
         self.backend = str(getattr(runner, "backend", "unknown"))
         self.get_logger().info(f"inference: {getattr(runner, 'description', self.backend)}")
+        self.get_logger().info(f"allocator: {self.allocator}")
 
         # Outputs follow the node's latest-frame-wins rule: by default a slow reader gets the newest result, and
         # the publisher holds one sample per topic instead of qos_depth (5 x 7 MB of outputs at 640x480 was
@@ -354,12 +360,16 @@ class StereoNode(Node):
         max_disparity = settings.max_disparity
         if callable(network_max):
             max_disparity = min(max_disparity, float(network_max(width=width)))
-        invalid = ~np.isfinite(disparity) | (disparity < 0) | (disparity > max_disparity)
-        if settings.confidence_threshold > 0:
-            invalid |= confidence < settings.confidence_threshold
-        disparity = np.where(invalid, np.float32(np.nan), disparity).astype(np.float32, copy=False)
+        # Every output is computed straight into the buffer its message carries, and masks are applied with
+        # fill_masked (OpenCV) instead of boolean indexing: docs/ros.md, "Node overhead".
+        with np.errstate(invalid="ignore"):
+            keep = (disparity >= 0) & (disparity <= max_disparity)  # False for NaN
+            if settings.confidence_threshold > 0:
+                keep &= confidence >= settings.confidence_threshold
+        disparity = fill_masked(np.array(disparity, dtype=np.float32), ~keep, np.nan)
 
         header = Header(stamp=frame.left.header.stamp, frame_id=frame.left.header.frame_id)
+        buffers = self._buffers
         if self._pub_disparity.get_subscription_count():
             plan = getattr(self._runner, "plan", None)
             scale = plan(height=height, width=width).disparity_scale if callable(plan) else 1.0
@@ -370,21 +380,17 @@ class StereoNode(Node):
                     camera=camera,
                     max_disparity=max_disparity,
                     delta_d=SUBPIXEL_STEP * scale,
-                    buffer=self._buffers.get("disparity", height * width * 4),
+                    buffer=buffers.get("disparity", height * width * 4),
                 )
             )
         want_depth = self._pub_depth.get_subscription_count() > 0
         want_points = settings.publish_points and self._pub_points.get_subscription_count() > 0
         if want_depth or want_points:
-            depth = camera.disparity_to_depth(disparity)
-            with np.errstate(invalid="ignore"):
-                depth[(depth < settings.min_depth) | (depth > settings.max_depth)] = np.nan
+            depth_buffer = buffers.get("depth", height * width * 4)
+            depth = camera.disparity_to_depth(disparity, out=buffer_view(depth_buffer, (height, width), np.float32))
+            fill_masked(depth, ~((depth >= settings.min_depth) & (depth <= settings.max_depth)), np.nan)
             if want_depth:
-                self._pub_depth.publish(
-                    array_to_image(
-                        depth, encoding="32FC1", header=header, buffer=self._buffers.get("depth", depth.nbytes)
-                    )
-                )
+                self._pub_depth.publish(array_to_image(depth, encoding="32FC1", header=header, buffer=depth_buffer))
             if want_points:
                 n = settings.points_decimation
                 self._pub_points.publish(
@@ -392,7 +398,7 @@ class StereoNode(Node):
                         None,
                         left_rgb[::n, ::n],
                         header=header,
-                        buffers=self._buffers,
+                        buffers=buffers,
                         depth=depth[::n, ::n],
                         rays=self._rays(camera, n),
                     )
@@ -400,17 +406,17 @@ class StereoNode(Node):
         if self._pub_depth_info.get_subscription_count():
             self._pub_depth_info.publish(depth_camera_info(left_info, header=header))
         if self._pub_confidence.get_subscription_count():
-            conf = np.clip(np.nan_to_num(confidence, nan=0.0), 0.0, 1.0).astype(np.float32)
-            self._pub_confidence.publish(
-                array_to_image(
-                    conf, encoding="32FC1", header=header, buffer=self._buffers.get("confidence", conf.nbytes)
-                )
-            )
+            conf_buffer = buffers.get("confidence", height * width * 4)
+            conf = buffer_view(conf_buffer, (height, width), np.float32)
+            # Clipped to [0, 1] with NaN -> 0 (fmax returns the non-NaN operand).
+            np.fmin(np.fmax(confidence, np.float32(0.0), out=conf), np.float32(1.0), out=conf)
+            self._pub_confidence.publish(array_to_image(conf, encoding="32FC1", header=header, buffer=conf_buffer))
         if self._pub_color.get_subscription_count():
-            color = colorize_disparity(disparity, vmin=0.0, vmax=max_disparity)
-            self._pub_color.publish(
-                array_to_image(color, encoding="rgb8", header=header, buffer=self._buffers.get("color", color.nbytes))
+            color_buffer = buffers.get("color", height * width * 3)
+            color = colorize_disparity(
+                disparity, vmin=0.0, vmax=max_disparity, out=buffer_view(color_buffer, (height, width, 3), np.uint8)
             )
+            self._pub_color.publish(array_to_image(color, encoding="rgb8", header=header, buffer=color_buffer))
 
         done = time.perf_counter()
         self._published += 1
@@ -473,6 +479,7 @@ class StereoNode(Node):
         values = {
             "backend": self.backend,
             "synchronizer": self._sync.implementation,
+            "allocator": self.allocator,
             "input_rate_hz": self._input_rate.rate_hz(),
             "output_rate_hz": self._output_rate.rate_hz(),
             "latency_ms_median": latency["median"],
