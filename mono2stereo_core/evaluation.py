@@ -38,6 +38,7 @@ __all__ = [
     "sgbm_disparity",
     "sgbm_num_disparities",
     "side_by_side_image",
+    "stereo_image_proc_disparity",
     "METRIC_KEYS",
 ]
 
@@ -378,6 +379,71 @@ def sgbm_disparity(
     disp = fixed.astype(np.float32) / 16.0  # StereoSGBM returns 4-bit fixed point
     # Rejected pixels come back as (min_disparity - 1) * 16.
     disp[fixed < min_disparity * 16] = np.nan
+    return disp
+
+
+# stereo_image_proc's disparity_node defaults (ROS 2 image_pipeline, parameters declared in
+# disparity_node.cpp): stereo_algorithm 0 = block matching, 1 = SGBM; both on mono8 images.
+STEREO_IMAGE_PROC_DEFAULTS = {
+    "correlation_window_size": 15,
+    "prefilter_size": 9,  # BM only
+    "prefilter_cap": 31,
+    "texture_threshold": 10,  # BM only
+    "uniqueness_ratio": 15,
+    "speckle_size": 100,
+    "speckle_range": 4,
+    "disp12_max_diff": 0,  # SGBM only
+    "P1": 200,  # SGBM only
+    "P2": 400,  # SGBM only
+    "full_dp": False,  # SGBM only: False -> cv::StereoSGBM::MODE_SGBM, True -> MODE_HH
+}
+
+
+def stereo_image_proc_disparity(
+    left: np.ndarray, right: np.ndarray, *, num_disparities: int, algorithm: str = "sgbm"
+) -> np.ndarray:
+    """OpenCV block matching exactly as ROS 2 ``stereo_image_proc`` runs it with its default parameters.
+
+    ``algorithm``: ``"sgbm"`` (``stereo_algorithm: 1``: StereoSGBM, MODE_SGBM, 15 px window, P1 200, P2 400)
+    or ``"bm"`` (``stereo_algorithm: 0``, the node's default: StereoBM). Images are converted to mono8 first,
+    as the node does. Returns ``H x W`` float32 disparity, NaN where rejected. :func:`sgbm_disparity` (3-way,
+    colour, 5 px window) is the stronger configuration the accuracy comparisons use; this one is what a
+    ``stereo_image_proc`` user gets out of the box (``bench/bench_latency.py`` times both).
+    """
+    lt, rt = np.asarray(left), np.asarray(right)
+    if lt.shape != rt.shape or lt.dtype != np.uint8 or lt.ndim not in (2, 3):
+        raise ValueError(f"need two H x W (x 3) uint8 images of one shape, instead got {lt.shape} {lt.dtype} / {rt.shape}")
+    if num_disparities <= 0 or num_disparities % 16:
+        raise ValueError(f"num_disparities must be a positive multiple of 16, instead got {num_disparities}")
+    grey = [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) if im.ndim == 3 else im for im in (lt, rt)]
+    p = STEREO_IMAGE_PROC_DEFAULTS
+    if algorithm == "sgbm":
+        matcher = cv2.StereoSGBM_create(
+            minDisparity=0,
+            numDisparities=int(num_disparities),
+            blockSize=p["correlation_window_size"],
+            P1=p["P1"],
+            P2=p["P2"],
+            disp12MaxDiff=p["disp12_max_diff"],
+            preFilterCap=p["prefilter_cap"],
+            uniquenessRatio=p["uniqueness_ratio"],
+            speckleWindowSize=p["speckle_size"],
+            speckleRange=p["speckle_range"],
+            mode=cv2.STEREO_SGBM_MODE_HH if p["full_dp"] else cv2.STEREO_SGBM_MODE_SGBM,
+        )
+    elif algorithm == "bm":
+        matcher = cv2.StereoBM_create(numDisparities=int(num_disparities), blockSize=p["correlation_window_size"])
+        matcher.setPreFilterSize(p["prefilter_size"])
+        matcher.setPreFilterCap(p["prefilter_cap"])
+        matcher.setTextureThreshold(p["texture_threshold"])
+        matcher.setUniquenessRatio(p["uniqueness_ratio"])
+        matcher.setSpeckleWindowSize(p["speckle_size"])
+        matcher.setSpeckleRange(p["speckle_range"])
+    else:
+        raise ValueError(f"algorithm must be 'sgbm' or 'bm', instead got {algorithm!r}")
+    fixed = matcher.compute(np.ascontiguousarray(grey[0]), np.ascontiguousarray(grey[1]))
+    disp = fixed.astype(np.float32) / 16.0
+    disp[fixed < 0] = np.nan  # rejected: (min_disparity - 1) * 16
     return disp
 
 

@@ -23,6 +23,7 @@ from mono2stereo_core.evaluation import (
     occlusion_from_disparity,
     sgbm_disparity,
     sgbm_num_disparities,
+    stereo_image_proc_disparity,
 )
 from mono2stereo_core.geometry import MOTORCYCLE_CAMERA
 
@@ -149,6 +150,27 @@ def test_sgbm_on_motorcycle_anchors_the_baseline(motorcycle, sgbm):
     assert r["edge"].n_scored + r["interior"].n_scored == r["all"].n_scored
     assert r["both_edge"].n_scored + r["both_interior"].n_scored == r["both"].n_scored
     assert r["both_edge"].bad2 > 3 * r["both_interior"].bad2
+
+
+def test_stereo_image_proc_defaults_are_weaker_than_the_3way_baseline(motorcycle, sgbm):
+    """SGBM and block matching as ROS 2 stereo_image_proc runs them out of the box (mono8, 15 px window):
+    what its users compare against. Both are less accurate than the 3-way baseline the accuracy goals use."""
+    ref = evaluate_disparity(sgbm, motorcycle.disparity)["all"]
+    results = {}
+    for algorithm in ("sgbm", "bm"):
+        d = stereo_image_proc_disparity(motorcycle.left, motorcycle.right, num_disparities=80, algorithm=algorithm)
+        assert d.dtype == np.float32 and d.shape == motorcycle.disparity.shape
+        finite = d[np.isfinite(d)]
+        assert finite.min() >= 0 and finite.max() <= 80
+        results[algorithm] = evaluate_disparity(d, motorcycle.disparity)["all"]
+    assert results["sgbm"].bad2 == pytest.approx(22.9, abs=0.5)
+    assert results["bm"].bad2 == pytest.approx(29.4, abs=0.5)
+    assert ref.bad2 < results["sgbm"].bad2 < results["bm"].bad2
+    assert results["bm"].density < results["sgbm"].density < ref.density
+    with pytest.raises(ValueError, match="'sgbm' or 'bm'"):
+        stereo_image_proc_disparity(motorcycle.left, motorcycle.right, num_disparities=80, algorithm="hh")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        stereo_image_proc_disparity(motorcycle.left, motorcycle.right, num_disparities=70)
 
 
 def test_depth_edge_mask_marks_boundaries_not_slanted_surfaces():

@@ -205,11 +205,11 @@ def test_mac_counts_fit_the_budgets():
     assert count_macs(build_model("m2s_tiny"), height=500, width=741) > macs["m2s_tiny"]
 
 
-def _onnx_parity(name: str) -> float:
+def _onnx_parity(name: str, **overrides) -> float:
     import onnxruntime as ort
 
     torch.manual_seed(0)
-    model = build_model(name, max_disparity=64).eval()
+    model = build_model(name, max_disparity=64, **overrides).eval()
     # A random network's cost logits are almost flat, so its arg-max can flip between bins under 1e-6
     # numerical differences; sharpening the output layer makes it as decisive as a trained network.
     with torch.no_grad():
@@ -234,6 +234,68 @@ def test_onnx_export_matches_torch(name):
     assert _onnx_parity(name) < 1e-3
 
 
+def test_onnx_export_of_the_fast_aggregation_matches_torch():
+    assert _onnx_parity("m2s_rt", **FAST) < 1e-3
+
+
 @pytest.mark.slow
 def test_onnx_export_matches_torch_large():
     assert _onnx_parity("m2s_large") < 1e-3
+
+
+FAST = dict(volume_in_kernel=1, volume_out_kernel=1, hourglass_upsample="trilinear")
+
+
+def test_fast_aggregation_settings_round_trip_and_cost_less():
+    fast = build_model("m2s_rt", **FAST)
+    assert {k: fast.config[k] for k in FAST} == FAST
+    assert build_from_config(fast.config).config == fast.config
+    # Sidecars written before the settings existed (no keys) rebuild the 3x3x3 / transposed-conv network.
+    legacy = build_model("m2s_rt")
+    assert not set(FAST) & set(legacy.config)
+    assert isinstance(build_from_config(legacy.config).hourglasses[0].up[0], torch.nn.ConvTranspose3d)
+    assert count_macs(fast, height=480, width=640) < 0.8 * count_macs(legacy, height=480, width=640)
+    out = build_model("m2s_tiny", **FAST).eval().forward_train(torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96))
+    assert out.disparity.shape == (1, 1, 64, 96) and torch.isfinite(out.disparity).all()
+    with pytest.raises(ValueError, match="volume_in_kernel must be 1 or 3"):
+        build_model("m2s_rt", volume_in_kernel=5)
+    with pytest.raises(ValueError, match="'deconv' or 'trilinear'"):
+        build_model("m2s_rt", hourglass_upsample="nearest")
+
+
+def test_converted_weights_keep_the_response_to_constant_volumes(tmp_path):
+    from mono2stereo_core.models import save_checkpoint
+    from mono2stereo_core.models.checkpoint import CheckpointError
+    from mono2stereo_core.models.stereo_net import convert_state_dict
+    from mono2stereo_core.training.trainer import load_network_weights
+
+    torch.manual_seed(1)
+    old = build_model("m2s_tiny").eval()
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    new = build_model("m2s_tiny", **FAST).eval()
+    new.load_state_dict(convert_state_dict(old.state_dict(), old.config, new.config), strict=True)
+    # Every weight outside the three converted layers is carried over unchanged.
+    for key, value in new.state_dict().items():
+        if key in old.state_dict() and not key.startswith(("volume_in.0", "volume_out", "hourglasses.0.up.0")):
+            assert torch.equal(value, old.state_dict()[key]), key
+    constant = torch.full((1, old.corr_groups, 8, 6, 10), 0.7)
+    with torch.no_grad():
+        # 3x3x3 vs its 1x1x1 sum of taps: equal away from the zero-padded borders.
+        a = old.volume_in(constant)[..., 1:-1, 1:-1, 1:-1]
+        b = new.volume_in(constant)[..., 1:-1, 1:-1, 1:-1]
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        low = torch.full((1, 2 * old.hourglasses[0].up[1].num_features, 4, 3, 5), 0.3)
+        up_old = old.hourglasses[0].up[0](low)[..., 2:-2, 2:-2, 2:-2].mean(dim=(2, 3, 4))
+        up_new = new.hourglasses[0].up[0](low)[..., 2:-2, 2:-2, 2:-2].mean(dim=(2, 3, 4))
+        torch.testing.assert_close(up_old, up_new, rtol=1e-4, atol=1e-5)
+    # Training warm starts convert on load; other architecture differences are still refused.
+    path = save_checkpoint(tmp_path / "old.safetensors", old, sidecar={})
+    fresh = build_model("m2s_tiny", **FAST)
+    load_network_weights(fresh, path)
+    torch.testing.assert_close(fresh.volume_out.weight, new.volume_out.weight)
+    with pytest.raises(CheckpointError, match="differs from"):
+        load_network_weights(build_model("m2s_tiny", agg_channels=8, **FAST), path)
+    with pytest.raises(ValueError, match="only 3 -> 1"):
+        convert_state_dict(new.state_dict(), new.config, old.config)

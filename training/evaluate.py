@@ -36,6 +36,7 @@ from mono2stereo_core.evaluation import (  # noqa: E402
     evaluate_dataset,
     sgbm_disparity,
     sgbm_num_disparities,
+    stereo_image_proc_disparity,
 )
 
 log = logging.getLogger("evaluate")
@@ -57,7 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", help='"motorcycle" or a Middlebury / KITTI folder (required)')
     parser.add_argument("--out", type=Path, help="output folder for report.json and PNGs (required)")
     parser.add_argument(
-        "--method", choices=("ours", "sgbm"), default="ours", help="what to score (default ours)"
+        "--method",
+        choices=("ours", "sgbm", "sgbm_sip", "bm_sip"),
+        default="ours",
+        help="what to score (default ours); sgbm = the 3-way SGBM baseline, sgbm_sip / bm_sip = OpenCV SGBM / "
+        "block matching with ROS 2 stereo_image_proc's default parameters",
     )
     parser.add_argument(
         "--compare",
@@ -88,8 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def sgbm_predictor(max_disparity: float | None):
-    """SGBM with stereo_image_proc-style parameters; the range from --max-disparity or the scene's GT."""
+def sgbm_predictor(max_disparity: float | None, method: str = "sgbm"):
+    """A classical matcher (``method``: sgbm, sgbm_sip, bm_sip); the range from --max-disparity or the GT."""
 
     def predict(sample: GTSample) -> np.ndarray:
         if max_disparity is not None:
@@ -99,7 +104,10 @@ def sgbm_predictor(max_disparity: float | None):
             if not known.any():
                 raise ValueError(f"scene {sample.name} has no valid ground truth to size the SGBM range from")
             num = sgbm_num_disparities(float(sample.disparity[known].max()))
-        return sgbm_disparity(sample.left, sample.right, num_disparities=num)
+        if method == "sgbm":
+            return sgbm_disparity(sample.left, sample.right, num_disparities=num)
+        algorithm = {"sgbm_sip": "sgbm", "bm_sip": "bm"}[method]
+        return stereo_image_proc_disparity(sample.left, sample.right, num_disparities=num, algorithm=algorithm)
 
     return predict
 
@@ -135,10 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.checkpoint is not None:
             log.warning("--checkpoint %s is ignored with --method sgbm", args.checkpoint)
-        info["backend"] = (
-            "opencv StereoSGBM (3-way, block 5, P1 8*3*25, P2 32*3*25, uniqueness 10, speckle 100/2)"
-        )
-        predict = sgbm
+        info["backend"] = {
+            "sgbm": "opencv StereoSGBM (3-way, block 5, P1 8*3*25, P2 32*3*25, uniqueness 10, speckle 100/2)",
+            "sgbm_sip": "opencv StereoSGBM with stereo_image_proc defaults (MODE_SGBM, mono8, window 15, "
+            "P1 200, P2 400, prefilter cap 31, uniqueness 15, speckle 100/4)",
+            "bm_sip": "opencv StereoBM with stereo_image_proc defaults (mono8, window 15, prefilter 9/31, "
+            "texture 10, uniqueness 15, speckle 100/4)",
+        }[args.method]
+        predict = sgbm if args.method == "sgbm" else sgbm_predictor(args.max_disparity, args.method)
 
     report = evaluate_dataset(
         samples,

@@ -22,10 +22,10 @@ def conv2d_bn_relu(in_channels: int, out_channels: int, *, stride: int = 1, dila
     )
 
 
-def conv3d_bn_relu(in_channels: int, out_channels: int, *, stride: int = 1) -> nn.Sequential:
-    """3x3x3 conv over (disparity, height, width) + BatchNorm + ReLU."""
+def conv3d_bn_relu(in_channels: int, out_channels: int, *, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    """``kernel``^3 conv over (disparity, height, width) + BatchNorm + ReLU."""
     return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
         nn.BatchNorm3d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -142,24 +142,41 @@ class CostExcitation(nn.Module):
         return volume * torch.sigmoid(self.gate(features)).unsqueeze(2)
 
 
+class TrilinearUp(nn.Module):
+    """2x trilinear upsampling of a volume followed by a 1x1x1 conv: the cheap replacement for a stride-2
+    ``ConvTranspose3d`` (ONNX Runtime's CPU ConvTranspose3d alone took 31 ms of a 276 ms 640x480 frame; this
+    takes a few, measured on the 2-core CI machine)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False))
+
+
 class Hourglass3d(nn.Module):
     """One 3-D encoder-decoder over (disparity, height, width), guided by left features at both scales.
 
     Volume N x C x D x h x w with D, h, w even -> same shape. Features: N x F x h x w (full volume scale) and
-    N x F x h/2 x w/2 (the pooled scale is derived inside by average pooling).
+    N x F x h/2 x w/2 (the pooled scale is derived inside by average pooling). ``upsample``: ``"deconv"``
+    (stride-2 transposed 3x3x3 conv) or ``"trilinear"`` (:class:`TrilinearUp`).
     """
 
-    def __init__(self, *, channels: int, feature_channels: int) -> None:
+    def __init__(self, *, channels: int, feature_channels: int, upsample: str = "deconv") -> None:
         super().__init__()
+        if upsample not in ("deconv", "trilinear"):
+            raise ValueError(f"upsample must be 'deconv' or 'trilinear', instead got {upsample!r}")
         self.down = nn.Sequential(
             conv3d_bn_relu(channels, 2 * channels, stride=2),
             conv3d_bn_relu(2 * channels, 2 * channels),
         )
         self.excite_low = CostExcitation(volume_channels=2 * channels, feature_channels=feature_channels)
-        self.up = nn.Sequential(
-            nn.ConvTranspose3d(2 * channels, channels, 3, stride=2, padding=1, output_padding=1, bias=False),
-            nn.BatchNorm3d(channels),
-        )
+        if upsample == "deconv":
+            up: nn.Module = nn.ConvTranspose3d(2 * channels, channels, 3, stride=2, padding=1, output_padding=1, bias=False)
+        else:
+            up = TrilinearUp(2 * channels, channels)
+        self.up = nn.Sequential(up, nn.BatchNorm3d(channels))
         self.excite_high = CostExcitation(volume_channels=channels, feature_channels=feature_channels)
 
     def forward(self, volume: Tensor, features: Tensor) -> Tensor:

@@ -69,6 +69,11 @@ _VARIANTS: dict[str, dict[str, Any]] = {
         refine_iterations=1,
         edge_channels=8,
         argmax_radius=2,
+        # Fast volume aggregation (see _LEGACY_DEFAULTS): pointwise volume_in / volume_out and a trilinear
+        # hourglass decoder. The shipped weights before the fourth training stage used 3 / 3 / "deconv".
+        volume_in_kernel=3,
+        volume_out_kernel=3,
+        hourglass_upsample="deconv",
     ),
     # Accuracy variant: wider features, stacked hourglasses, iterative refinement at 1/2.
     "m2s_large": dict(
@@ -93,7 +98,14 @@ MODEL_NAMES: tuple[str, ...] = tuple(_VARIANTS)
 
 # Settings added after checkpoints were first written, with the value that reproduces those older networks:
 # a sidecar without the key describes a network built before the setting existed.
-_LEGACY_DEFAULTS: dict[str, Any] = {"context_channels": 0}
+_LEGACY_DEFAULTS: dict[str, Any] = {
+    "context_channels": 0,
+    "volume_in_kernel": 3,
+    "volume_out_kernel": 3,
+    "hourglass_upsample": "deconv",
+}
+# Settings every variant accepts (defaulting to the legacy value) without listing them in _VARIANTS.
+_COMMON_SETTINGS = ("volume_in_kernel", "volume_out_kernel", "hourglass_upsample")
 
 
 @dataclass
@@ -145,8 +157,14 @@ class StereoNet(nn.Module):
         refine_iterations: int,
         edge_channels: int,
         argmax_radius: int,
+        volume_in_kernel: int = 3,
+        volume_out_kernel: int = 3,
+        hourglass_upsample: str = "deconv",
     ) -> None:
         super().__init__()
+        for key, value in dict(volume_in_kernel=volume_in_kernel, volume_out_kernel=volume_out_kernel).items():
+            if value not in (1, 3):
+                raise ValueError(f"{key} must be 1 or 3, instead got {value!r}")
         step = 2 * COST_VOLUME_DOWNSAMPLE
         if not isinstance(max_disparity, int) or max_disparity < step or max_disparity % step != 0:
             raise ValueError(
@@ -180,6 +198,9 @@ class StereoNet(nn.Module):
             refine_iterations=refine_iterations,
             edge_channels=edge_channels,
             argmax_radius=argmax_radius,
+            volume_in_kernel=volume_in_kernel,
+            volume_out_kernel=volume_out_kernel,
+            hourglass_upsample=hourglass_upsample,
         )
         # A setting at its legacy value is left out, so configs (and the sidecars that store them) of networks
         # that do not use a later-added feature stay identical to those written before it existed.
@@ -208,12 +229,15 @@ class StereoNet(nn.Module):
             quarter_blocks=quarter_blocks,
             context_channels=context_channels,
         )
-        self.volume_in = conv3d_bn_relu(corr_groups, agg_channels)
+        self.volume_in = conv3d_bn_relu(corr_groups, agg_channels, kernel=volume_in_kernel)
         self.volume_excite = CostExcitation(volume_channels=agg_channels, feature_channels=quarter_channels)
         self.hourglasses = nn.ModuleList(
-            [Hourglass3d(channels=agg_channels, feature_channels=quarter_channels) for _ in range(hourglasses)]
+            [
+                Hourglass3d(channels=agg_channels, feature_channels=quarter_channels, upsample=hourglass_upsample)
+                for _ in range(hourglasses)
+            ]
         )
-        self.volume_out = nn.Conv3d(agg_channels, 1, 3, padding=1)
+        self.volume_out = nn.Conv3d(agg_channels, 1, volume_out_kernel, padding=volume_out_kernel // 2)
         self.refinements = nn.ModuleList(
             [
                 DisparityRefinement(
@@ -317,7 +341,7 @@ def build_model(name: str, *, max_disparity: int = 192, **overrides: Any) -> Ste
     if name not in _VARIANTS:
         raise ValueError(f"unknown stereo model {name!r}; known models: {', '.join(MODEL_NAMES)}")
     settings = dict(_VARIANTS[name])
-    unknown = sorted(set(overrides) - set(settings))
+    unknown = sorted(set(overrides) - set(settings) - set(_COMMON_SETTINGS))
     if unknown:
         raise ValueError(f"unknown settings {unknown} for model {name!r}; valid settings: {sorted(settings)}")
     settings.update(overrides)
@@ -332,3 +356,43 @@ def build_from_config(config: dict[str, Any]) -> StereoNet:
     for key, value in _LEGACY_DEFAULTS.items():
         rest.setdefault(key, value)
     return build_model(config["name"], max_disparity=int(config.get("max_disparity", 192)), **rest)
+
+
+# Architecture settings a checkpoint can be converted across (:func:`convert_state_dict`): the fast volume
+# aggregation starts from a trained network's 3x3x3 / transposed-conv weights.
+CONVERTIBLE_SETTINGS = _COMMON_SETTINGS
+
+
+def convert_state_dict(
+    tensors: dict[str, Tensor], found: dict[str, Any], wanted: dict[str, Any]
+) -> dict[str, Tensor]:
+    """Turns the weights of network ``found`` (a config) into a warm start for ``wanted``, which may differ
+    only in :data:`CONVERTIBLE_SETTINGS`, from the 3x3x3 / ``deconv`` values to 1 / ``trilinear``.
+
+    A 3x3x3 kernel becomes the 1x1x1 kernel with the same response to a locally constant volume (the sum of
+    its taps); a stride-2 transposed conv becomes the 1x1x1 conv after trilinear upsampling with the same mean
+    response (each tap reaches one output in eight: sum of taps / 8). The result is a starting point for
+    fine-tuning, not an equivalent network.
+    """
+    f = {**_LEGACY_DEFAULTS, **found}
+    w = {**_LEGACY_DEFAULTS, **wanted}
+    differing = sorted(k for k in set(f) | set(w) if f.get(k) != w.get(k))
+    bad = [k for k in differing if k not in CONVERTIBLE_SETTINGS]
+    if bad:
+        raise ValueError(f"cannot convert weights across {bad}; only {list(CONVERTIBLE_SETTINGS)} convert")
+    for key in differing:
+        if (f[key], w[key]) not in ((3, 1), ("deconv", "trilinear")):
+            raise ValueError(f"{key}: only 3 -> 1 and deconv -> trilinear convert, instead got {f[key]!r} -> {w[key]!r}")
+    out = dict(tensors)
+    if "volume_in_kernel" in differing:
+        out["volume_in.0.weight"] = tensors["volume_in.0.weight"].sum(dim=(2, 3, 4), keepdim=True)
+    if "volume_out_kernel" in differing:
+        out["volume_out.weight"] = tensors["volume_out.weight"].sum(dim=(2, 3, 4), keepdim=True)
+    if "hourglass_upsample" in differing:
+        for name in [k for k in tensors if k.endswith(".up.0.weight")]:
+            deconv = tensors[name]  # in x out x 3 x 3 x 3
+            del out[name]
+            out[name.replace(".up.0.weight", ".up.0.conv.weight")] = (
+                deconv.sum(dim=(2, 3, 4)).t().contiguous()[..., None, None, None] / 8.0
+            )
+    return out

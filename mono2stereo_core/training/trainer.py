@@ -22,6 +22,7 @@ optimizer moments, learning rate and batch as the uninterrupted run.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -586,10 +587,13 @@ def load_network_weights(network: nn.Module, path: str | Path) -> dict[str, Any]
     path = Path(path)
     check_safetensors_header(path)
     sidecar = read_sidecar(path)
+    from ..models.stereo_net import CONVERTIBLE_SETTINGS, convert_state_dict
+
     wanted = dict(getattr(network, "config", {}))
     found = dict(sidecar["architecture"])
-    if wanted and found != wanted:
-        differing = sorted(k for k in set(wanted) | set(found) if wanted.get(k) != found.get(k))
+    differing = sorted(k for k in set(wanted) | set(found) if wanted.get(k) != found.get(k)) if wanted else []
+    convertible = bool(differing) and set(differing) <= set(CONVERTIBLE_SETTINGS)
+    if differing and not convertible:
         raise CheckpointError(
             f"checkpoint {path} holds a {found.get('name')!r} network that differs from the "
             f"{wanted.get('name')!r} being trained in {differing}: "
@@ -599,6 +603,14 @@ def load_network_weights(network: nn.Module, path: str | Path) -> dict[str, Any]
         tensors = load_file(str(path), device="cpu")
     except Exception as exc:
         raise CheckpointError(f"{path} is a corrupt safetensors file: {exc}") from exc
+    if convertible:
+        try:
+            tensors = convert_state_dict(tensors, found, wanted)
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {path}: {exc}") from exc
+        logging.getLogger("mono2stereo_core.training").info(
+            "converted %s to the %s settings %s as a warm start", path, wanted.get("name"), differing
+        )
     network.load_state_dict(tensors, strict=True)
     return sidecar
 
