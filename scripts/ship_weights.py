@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--selection", default=None, help="how the checkpoint was chosen (default: its step of total)")
     parser.add_argument("--note", action="append", default=[], help="KEY=TEXT extra sidecar entries")
     parser.add_argument("--weights-dir", type=Path, default=REPO / "weights")
+    parser.add_argument(
+        "--name",
+        default="m2s_rt",
+        help="file stem in weights/: m2s_rt (the default model the runner loads) or another m2s_rt-family file "
+        "shipped beside it, e.g. m2s_rt_fast",
+    )
     parser.add_argument("--eval-out", type=Path, default=None, help="evaluate.py output folder (default: temporary)")
     parser.add_argument("--allow-worse", action="store_true", help="ship even if not better than SGBM (all bad-2)")
     args = parser.parse_args(argv)
@@ -91,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ship_weights.py: the shipped default is an m2s_rt network, {checkpoint} is "
               f"{sidecar.get('architecture', {}).get('name')!r}", file=sys.stderr)
         return 2
+    if not args.name.replace("_", "").isalnum() or not args.name.startswith("m2s_rt"):
+        print(f"ship_weights.py: --name must be m2s_rt or start with m2s_rt_, instead got {args.name!r}", file=sys.stderr)
+        return 2
     for key_text in args.note:
         if "=" not in key_text:
             print(f"ship_weights.py: --note must be KEY=TEXT, instead got {key_text!r}", file=sys.stderr)
@@ -98,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
 
     python = sys.executable
     weights_dir = args.weights_dir.resolve()
-    weights = weights_dir / "m2s_rt.safetensors"
+    weights = weights_dir / f"{args.name}.safetensors"
     with tempfile.TemporaryDirectory() as tmp:
         # Everything is built in a staging folder first; weights/ changes only once all three files exist,
         # and then file by file with os.replace (no half-written file is ever visible).
-        staged = Path(tmp) / "m2s_rt.safetensors"
+        staged = Path(tmp) / f"{args.name}.safetensors"
         shutil.copyfile(checkpoint, staged)
         shutil.copyfile(source_sidecar, staged.with_suffix(".json"))
         eval_out = args.eval_out.resolve() if args.eval_out else Path(tmp) / "eval"
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             key, text = key_text.split("=", 1)
             sidecar[key.strip()] = text
         staged.with_suffix(".json").write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
-        staged_onnx = Path(tmp) / "m2s_rt_640x480.onnx"
+        staged_onnx = Path(tmp) / f"{args.name}_640x480.onnx"
         run([python, "training/export.py", "--checkpoint", str(staged), "--height", "480", "--width", "640",
              "--onnx", str(staged_onnx), "--force"])
 

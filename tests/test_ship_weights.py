@@ -51,3 +51,15 @@ def test_ship_refuses_a_worse_than_sgbm_checkpoint_and_ships_a_complete_set_when
         assert 0.0 <= scores[key] <= 100.0
     meta = {p.key: p.value for p in onnx.load(str(weights_dir / "m2s_rt_640x480.onnx")).metadata_props}
     assert meta["checkpoint_sha256"] == digest
+
+
+def test_ship_name_must_stay_in_the_m2s_rt_family(tmp_path):
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "step_0000001.safetensors", build_model("m2s_rt"), sidecar={})
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "ship_weights.py"), "--checkpoint", str(checkpoint),
+         "--reproduce", "x", "--weights-dir", str(tmp_path / "weights"), "--name", "../evil"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 2 and "--name must be m2s_rt" in result.stderr
+    assert not (tmp_path / "weights").exists()
