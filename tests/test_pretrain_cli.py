@@ -85,13 +85,14 @@ def test_bad_overrides_and_configs_name_the_problem(tmp_path):
     assert result.returncode != 0 and "missing.yaml does not exist" in result.stderr
 
 
-def test_shipped_weights_beat_sgbm_on_motorcycle():
-    """Regression guard for weights/m2s_rt.safetensors: dense all-pixel bad-2 below OpenCV SGBM's, same run."""
+@pytest.mark.parametrize("stem", ["m2s_rt", "m2s_rt_fast"])
+def test_shipped_weights_beat_sgbm_on_motorcycle(stem):
+    """Regression guard for weights/m2s_rt*.safetensors: dense all-pixel bad-2 below OpenCV SGBM's, same run."""
     import torch
 
     from mono2stereo_core.training.trainer import GroundTruthValidation
 
-    weights = REPO / "weights" / "m2s_rt.safetensors"
+    weights = REPO / "weights" / f"{stem}.safetensors"
     model, sidecar = load_model(weights)
     assert sidecar["architecture"]["name"] == "m2s_rt" and weights.stat().st_size < 20e6
     assert "training/pretrain.py" in sidecar["reproduce"]

@@ -5,6 +5,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 
 
@@ -12,26 +14,36 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_sidecar_describes_the_shipped_file():
-    sidecar = json.loads((WEIGHTS / "m2s_rt.json").read_text())
-    assert sidecar["weights_sha256"] == _sha256(WEIGHTS / "m2s_rt.safetensors")
+# The default model and the CPU-latency variant shipped beside it (fourth training stage).
+SHIPPED = ("m2s_rt", "m2s_rt_fast")
+
+
+@pytest.mark.parametrize("stem", SHIPPED)
+def test_sidecar_describes_the_shipped_file(stem):
+    sidecar = json.loads((WEIGHTS / f"{stem}.json").read_text())
+    assert sidecar["weights_sha256"] == _sha256(WEIGHTS / f"{stem}.safetensors")
     assert sidecar["reproduce"].startswith("python training/pretrain.py --config config/train/pretrain_rt.yaml")
     for recipe in (
         "config/train/pretrain_rt.yaml",
         "config/train/pretrain_rt_continue.yaml",
         "config/train/pretrain_rt_long.yaml",
+        *(("config/train/pretrain_rt_fast.yaml",) if stem == "m2s_rt_fast" else ()),
     ):
         assert recipe in sidecar["reproduce"] and (WEIGHTS.parent / recipe).is_file()
-    assert (WEIGHTS / "m2s_rt.safetensors").stat().st_size < 20e6
+    assert (WEIGHTS / f"{stem}.safetensors").stat().st_size < 20e6
+    fast = {"volume_in_kernel": 1, "volume_out_kernel": 1, "hourglass_upsample": "trilinear"}
+    architecture = sidecar["architecture"]
+    assert all(architecture.get(k) == v for k, v in fast.items()) == (stem == "m2s_rt_fast")
 
 
-def test_shipped_onnx_is_exported_from_the_shipped_weights():
+@pytest.mark.parametrize("stem", SHIPPED)
+def test_shipped_onnx_is_exported_from_the_shipped_weights(stem):
     import onnx
 
-    model = onnx.load(str(WEIGHTS / "m2s_rt_640x480.onnx"))
+    model = onnx.load(str(WEIGHTS / f"{stem}_640x480.onnx"))
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["checkpoint_sha256"] == _sha256(WEIGHTS / "m2s_rt.safetensors"), (
-        "weights/m2s_rt_640x480.onnx is stale: re-export with python training/export.py "
-        "--checkpoint weights/m2s_rt.safetensors --height 480 --width 640 --onnx weights/m2s_rt_640x480.onnx --force"
+    assert meta["checkpoint_sha256"] == _sha256(WEIGHTS / f"{stem}.safetensors"), (
+        f"weights/{stem}_640x480.onnx is stale: re-export with python training/export.py "
+        f"--checkpoint weights/{stem}.safetensors --height 480 --width 640 --onnx weights/{stem}_640x480.onnx --force"
     )
     assert (meta["input_width"], meta["input_height"]) == ("640", "480")
