@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -25,7 +26,10 @@ LAUNCH_FILES = ("stereo.launch.py", "record.launch.py")
 
 @pytest.fixture(scope="module")
 def install(tmp_path_factory) -> Path:
-    colcon = shutil.which("colcon")
+    # The venv's own colcon first: `make test` runs .venv/bin/python without activating the venv, so its bin/
+    # is not on PATH (this skipped the build test in CI until the third session).
+    beside = Path(sys.executable).parent / "colcon"
+    colcon = str(beside) if beside.is_file() else shutil.which("colcon")
     if colcon is None:
         pytest.skip("colcon is not installed in this environment (pip install colcon-common-extensions)")
     base = tmp_path_factory.mktemp("colcon")
