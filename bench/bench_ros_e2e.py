@@ -65,6 +65,11 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=None, help=".safetensors/.onnx (default: random m2s_tiny)")
     parser.add_argument("--input-size", default="", help="network input WxH (node parameters input_width/height)")
     parser.add_argument("--points-decimation", type=int, default=1, help="node parameter points_decimation")
+    parser.add_argument("--qos-depth", type=int, default=5, help="node parameter qos_depth (input history)")
+    parser.add_argument(
+        "--output-qos-depth", type=int, default=None,
+        help="node parameter output_qos_depth (default: the node's, 1 = latest only for slow readers)",
+    )
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds published before measuring")
     parser.add_argument("--domain-id", type=int, default=90)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -73,9 +78,11 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_ros_e2e_"))
     model = args.model or tiny_checkpoint(tmp)
     params = {
-        "model_path": str(model), "qos_reliability": "reliable", "qos_depth": 5,
+        "model_path": str(model), "qos_reliability": "reliable", "qos_depth": args.qos_depth,
         "points_decimation": args.points_decimation,
     }
+    if args.output_qos_depth is not None:
+        params["output_qos_depth"] = args.output_qos_depth
     if args.input_size:
         w, h = (int(v) for v in args.input_size.lower().split("x"))
         params.update(input_width=w, input_height=h)
@@ -158,6 +165,10 @@ def main() -> int:
             "node_overhead_ms_p95": float(values.get("overhead_ms_p95", "nan")),
             "node_overhead_cpu_ms_median": float(values.get("overhead_cpu_ms_median", "nan")),
             "dropped_stale": int(values.get("dropped_stale", 0)),
+            # Since the node started (warm-up included): where published pairs went.
+            "node_pairs_received": int(values.get("pairs_received", 0)),
+            "node_dropped_unsynchronized": int(values.get("dropped_unsynchronized", 0)),
+            "node_published": int(values.get("published", 0)),
             "rss_start_mb": rss_start,
             "rss_end_mb": rss_end,
             "rss_growth_mb": rss_end - rss_start,
