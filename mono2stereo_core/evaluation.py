@@ -337,12 +337,13 @@ def sgbm_disparity(
     pre_filter_cap: int = 0,
     mode: str = "3way",
 ) -> np.ndarray:
-    """OpenCV StereoSGBM, stereo_image_proc-style parameters: the classical baseline we must beat.
+    """OpenCV StereoSGBM (3-way, colour, 5 px window): the classical baseline we must beat.
 
     ``left`` / ``right``: rectified ``H x W x 3`` RGB (or ``H x W`` grey) uint8 images. Returns ``H x W``
     float32 left disparity in pixels, NaN where SGBM gives no answer (uniqueness / speckle rejections and
     the left border). ``p1`` / ``p2`` default to ``8 * C * block_size**2`` and ``32 * C * block_size**2``
-    (C = channels), the smoothness penalties OpenCV's documentation and stereo_image_proc recommend.
+    (C = channels), the smoothness penalties OpenCV's documentation recommends. stereo_image_proc's own
+    defaults (mono8, 15 px window, MODE_SGBM) are :func:`stereo_image_proc_disparity`.
     With the defaults and ``num_disparities=80`` the Middlebury motorcycle pair scores all-pixel bad-2
     20.0 %, density 85.2 %, bad-2 6.1 % on its own predictions (``tests/test_evaluation.py`` pins this).
     """
@@ -351,8 +352,7 @@ def sgbm_disparity(
         raise ValueError(f"left image shape {lt.shape} differs from right image shape {rt.shape}")
     if lt.dtype != np.uint8 or not (lt.ndim == 2 or (lt.ndim == 3 and lt.shape[2] in (1, 3))):
         raise ValueError(f"SGBM needs H x W or H x W x 3 uint8 images, instead got {lt.shape} {lt.dtype}")
-    if num_disparities <= 0 or num_disparities % 16:
-        raise ValueError(f"num_disparities must be a positive multiple of 16, instead got {num_disparities}")
+    _check_num_disparities(num_disparities)
     if block_size < 1 or block_size % 2 == 0:
         raise ValueError(f"block_size must be odd and >= 1, instead got {block_size}")
     if mode not in _SGBM_MODES:
@@ -375,8 +375,18 @@ def sgbm_disparity(
     # OpenCV's colour cost is channel-order agnostic, but feed BGR anyway so results match cv2.imread users.
     if lt.ndim == 3 and channels == 3:
         lt, rt = lt[..., ::-1], rt[..., ::-1]
-    fixed = matcher.compute(np.ascontiguousarray(lt), np.ascontiguousarray(rt))
-    disp = fixed.astype(np.float32) / 16.0  # StereoSGBM returns 4-bit fixed point
+    return _compute_disparity(matcher, lt, rt, min_disparity=int(min_disparity))
+
+
+def _check_num_disparities(num_disparities: int) -> None:
+    if num_disparities <= 0 or num_disparities % 16:
+        raise ValueError(f"num_disparities must be a positive multiple of 16, instead got {num_disparities}")
+
+
+def _compute_disparity(matcher, left: np.ndarray, right: np.ndarray, *, min_disparity: int) -> np.ndarray:
+    """Runs an OpenCV StereoSGBM / StereoBM: float32 disparity in pixels, NaN where it gave no answer."""
+    fixed = matcher.compute(np.ascontiguousarray(left), np.ascontiguousarray(right))
+    disp = fixed.astype(np.float32) / 16.0  # 4-bit fixed point
     # Rejected pixels come back as (min_disparity - 1) * 16.
     disp[fixed < min_disparity * 16] = np.nan
     return disp
@@ -413,8 +423,7 @@ def stereo_image_proc_disparity(
     lt, rt = np.asarray(left), np.asarray(right)
     if lt.shape != rt.shape or lt.dtype != np.uint8 or lt.ndim not in (2, 3):
         raise ValueError(f"need two H x W (x 3) uint8 images of one shape, instead got {lt.shape} {lt.dtype} / {rt.shape}")
-    if num_disparities <= 0 or num_disparities % 16:
-        raise ValueError(f"num_disparities must be a positive multiple of 16, instead got {num_disparities}")
+    _check_num_disparities(num_disparities)
     grey = [cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) if im.ndim == 3 else im for im in (lt, rt)]
     p = STEREO_IMAGE_PROC_DEFAULTS
     if algorithm == "sgbm":
@@ -441,10 +450,7 @@ def stereo_image_proc_disparity(
         matcher.setSpeckleRange(p["speckle_range"])
     else:
         raise ValueError(f"algorithm must be 'sgbm' or 'bm', instead got {algorithm!r}")
-    fixed = matcher.compute(np.ascontiguousarray(grey[0]), np.ascontiguousarray(grey[1]))
-    disp = fixed.astype(np.float32) / 16.0
-    disp[fixed < 0] = np.nan  # rejected: (min_disparity - 1) * 16
-    return disp
+    return _compute_disparity(matcher, grey[0], grey[1], min_disparity=0)
 
 
 # ---------------------------------------------------------------------------------------------------------

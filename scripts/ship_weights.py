@@ -64,7 +64,7 @@ def motorcycle_block(report: dict) -> dict:
     block["note"] = (
         "Middlebury 2014 motorcycle (skimage.data.stereo_motorcycle), never used in training; full resolution "
         "741x500; percent of GT-valid pixels, holes count as errors; both = pixels where SGBM predicts; edge = "
-        "within 2 px of a GT depth discontinuity; SGBM = OpenCV StereoSGBM, stereo_image_proc parameters, same "
+        "within 2 px of a GT depth discontinuity; SGBM = OpenCV StereoSGBM 3-way (training/evaluate.py --method sgbm), same "
         "run (training/evaluate.py --data motorcycle --compare sgbm)"
     )
     return block

@@ -69,11 +69,6 @@ _VARIANTS: dict[str, dict[str, Any]] = {
         refine_iterations=1,
         edge_channels=8,
         argmax_radius=2,
-        # Fast volume aggregation (see _LEGACY_DEFAULTS): pointwise volume_in / volume_out and a trilinear
-        # hourglass decoder. The shipped weights before the fourth training stage used 3 / 3 / "deconv".
-        volume_in_kernel=3,
-        volume_out_kernel=3,
-        hourglass_upsample="deconv",
     ),
     # Accuracy variant: wider features, stacked hourglasses, iterative refinement at 1/2.
     "m2s_large": dict(
