@@ -34,6 +34,7 @@ __all__ = [
     "load_middlebury_scene",
     "load_motorcycle",
     "read_middlebury_calib",
+    "write_middlebury_scene",
     "read_pfm",
     "write_pfm",
     "read_kitti_disparity",
@@ -254,6 +255,49 @@ def load_middlebury_scene(folder: str | Path) -> GTSample:
                 )
         camera = _camera_from_calib(calib, width=left.shape[1], height=left.shape[0])
     return GTSample(name=folder.name, left=left, right=right, disparity=disparity, camera=camera)
+
+
+def write_middlebury_scene(
+    folder: str | Path,
+    sample: GTSample,
+    *,
+    camera: StereoCamera | None = None,
+) -> Path:
+    """Writes ``sample`` as a Middlebury-2014 scene folder that :func:`load_middlebury_scene` reads back.
+
+    ``im0.png`` / ``im1.png`` (RGB ``uint8`` images), ``disp0GT.pfm`` (unknown = ``+inf``, as Middlebury) and
+    ``calib.txt`` from ``camera`` (default: ``sample.camera``; baseline written in millimetres). ``ndisp``
+    is the ground truth's largest disparity rounded up to 16. Returns the folder.
+    """
+    camera = camera or sample.camera
+    if camera is None:
+        raise ValueError(f"write_middlebury_scene({folder}): the sample has no camera; pass camera=")
+    left, right = np.asarray(sample.left), np.asarray(sample.right)
+    disparity = np.asarray(sample.disparity, dtype=np.float32)
+    if left.dtype != np.uint8 or left.ndim != 3 or left.shape[2] != 3 or left.shape != right.shape:
+        raise ValueError(
+            f"write_middlebury_scene({folder}) needs two RGB uint8 H x W x 3 images of one size, "
+            f"instead got {left.dtype} {left.shape} and {right.dtype} {right.shape}"
+        )
+    if disparity.shape != left.shape[:2]:
+        raise ValueError(f"disparity {disparity.shape} differs from the images' {left.shape[:2]}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in (("im0.png", left), ("im1.png", right)):
+        if not cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {folder / name}")
+    finite = np.isfinite(disparity)
+    write_pfm(folder / "disp0GT.pfm", np.where(finite, disparity, np.inf))
+    top = float(disparity[finite].max()) if finite.any() else 0.0
+    height, width = disparity.shape
+    fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
+    (folder / "calib.txt").write_text(
+        f"cam0=[{fx:.6g} 0 {cx:.6g}; 0 {fy:.6g} {cy:.6g}; 0 0 1]\n"
+        f"cam1=[{fx:.6g} 0 {cx + camera.doffs:.6g}; 0 {fy:.6g} {cy:.6g}; 0 0 1]\n"
+        f"doffs={camera.doffs:.6g}\nbaseline={camera.baseline * 1000.0:.6g}\nwidth={width}\nheight={height}\n"
+        f"ndisp={max(16, int(np.ceil(top / 16.0)) * 16)}\nisint=0\n"
+    )
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# One short GPU lease, used in full: the CUDA checks of issue 4, then two time-boxed fine-tunes (issue 7).
+#
+#   OUT=gpu_out BUDGET_S=540 bash scripts/gpu_session.sh
+#
+# 1. bench/gpu_check.py for m2s_rt and m2s_rt_fast (torch CUDA fp32/fp16 +- CUDA graphs, ONNX Runtime CUDA /
+#    TensorRT where installed, parity against the CPU) -> $OUT/gpu_check_<model>.md
+# 2. the test suite without the ROS tests (the GPU tests included; rclpy/rosbags may be missing there) ->
+#    $OUT/pytest.log, while the scene cache of the two fine-tunes is rendered on the other cores
+# 3. a 40 s probe of both fine-tunes side by side, then both runs with optim.steps set from the probe's step
+#    rate so that they end inside BUDGET_S -> $OUT/train.tgz (configs, metrics, final checkpoints, logs)
+# (Background jobs are waited for by PID: a bare `wait` would also wait for the log's tee.)
+# Everything runs from the repository root with the machine's own python3 (PY to override). Needs the two
+# warm-start checkpoints named in the configs' model.init (carry them to a bare machine).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+BUDGET_S=${BUDGET_S:-540}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+T0=$(date +%s)
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+exec > >(tee -a "$OUT/session.log") 2>&1
+left() { echo $((T0 + BUDGET_S - $(date +%s))); }
+stamp() { echo "== [$(($(date +%s) - T0)) s] $*"; }
+
+stamp "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1
+nproc
+$PY - <<'EOF' || { echo "imports failed: stopping"; exit 3; }
+import sys, numpy, cv2, onnx, onnxruntime, skimage, safetensors, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda,
+      "| onnxruntime", onnxruntime.__version__, onnxruntime.get_available_providers(),
+      "| numpy", numpy.__version__, "| opencv", cv2.__version__, "| skimage", skimage.__version__)
+print("cuda device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+EOF
+
+for model in m2s_rt m2s_rt_fast; do
+    stamp "gpu_check $model"
+    timeout 120 $PY bench/gpu_check.py --model "$model" --markdown "$OUT/gpu_check_$model.md"
+done
+
+stamp "tests (no ROS) and scene cache"
+XDIST=""
+$PY -c "import xdist" 2>/dev/null && XDIST="-n 6"
+timeout 120 $PY -m pytest -q -p no:cacheprovider -m "not ros" $XDIST --continue-on-collection-errors \
+    --timeout 100 tests/ >"$OUT/pytest.log" 2>&1 &
+TESTS=$!
+RENDERERS=()
+for k in 0 1 2 3 4 5 6 7 8; do
+    timeout 115 $PY training/pretrain.py --config config/train/pretrain_rt_fast_gpu.yaml --out /tmp/prerender \
+        --no-progress --prerender 1000 --shard "$k/9" >/dev/null 2>&1 &
+    RENDERERS+=($!)
+done
+wait $TESTS
+echo "pytest rc $?: $(tail -n 1 "$OUT/pytest.log")"
+wait "${RENDERERS[@]}"
+ls runs/scene_cache | wc -l
+
+RUNS="pretrain_rt_fast_gpu pretrain_rt_gpu"
+stamp "probe"
+for run in $RUNS; do
+    $PY training/pretrain.py --config "config/train/$run.yaml" --out "/tmp/probe_$run" --no-progress \
+        --set optim.steps=1000000 --set trainer.validate_every=0 --set trainer.checkpoint_minutes=0 \
+        --set trainer.checkpoint_every=0 >"/tmp/probe_$run.log" 2>&1 &
+done
+steps_now() { if [ -f "/tmp/probe_$1/metrics.jsonl" ]; then wc -l <"/tmp/probe_$1/metrics.jsonl"; else echo 0; fi; }
+sleep 25
+declare -A FIRST
+for run in $RUNS; do FIRST[$run]=$(steps_now "$run"); done
+sleep 15
+declare -A STEPS
+train_s=$(($(left) - 45))
+for run in $RUNS; do
+    done_steps=$(($(steps_now "$run") - FIRST[$run]))
+    # 90 % of the measured rate over what is left (final validation and save need the rest)
+    STEPS[$run]=$((done_steps * train_s * 9 / 10 / 15))
+    [ "${STEPS[$run]}" -lt 20 ] && STEPS[$run]=20
+    echo "$run: $done_steps steps in 15 s -> optim.steps=${STEPS[$run]} for ${train_s} s"
+done
+pkill -f "training/pretrain.py" ; sleep 3; pkill -9 -f "training/pretrain.py"
+
+stamp "train"
+TRAINERS=()
+for run in $RUNS; do
+    rm -rf "runs/$run"
+    timeout -k 20 $(($(left) - 15)) $PY training/pretrain.py --config "config/train/$run.yaml" --out "runs/$run" \
+        --no-progress --set "optim.steps=${STEPS[$run]}" >"runs/$run.log" 2>&1 &
+    TRAINERS+=($!)
+done
+wait "${TRAINERS[@]}"
+for run in $RUNS; do echo "$run: $(tail -n 3 "runs/$run.log")"; done
+stamp "pack"
+tar czf "$OUT/train.tgz" --exclude='*.state.*' --exclude='tb' $(for run in $RUNS; do echo "runs/$run runs/$run.log"; done) \
+    /tmp/probe_*.log 2>/dev/null
+ls -la "$OUT"
+stamp "done"
