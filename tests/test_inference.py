@@ -61,7 +61,7 @@ def rt_onnx(rt_model, tmp_path_factory):
 
 def test_padding_is_exact_in_the_unpadded_region(tiny_checkpoint, motorcycle):
     left, right = motorcycle
-    run = load_runner(tiny_checkpoint, backend="torch")
+    run = load_runner(tiny_checkpoint, backend="torch", device="cpu")
     disparity, confidence = run(left, right)
     assert disparity.shape == confidence.shape == (500, 741)
     assert disparity.dtype == confidence.dtype == np.float32
@@ -187,7 +187,8 @@ def test_auto_backend_is_logged_with_reason(tiny_checkpoint, rt_onnx, caplog):
         assert load_runner(tiny_checkpoint).backend == "torch"
     messages = [r.getMessage() for r in caplog.records]
     assert any("backend onnxruntime" in m and "TensorRT not used" in m for m in messages), messages
-    assert any("backend torch" in m and "checkpoint runs on torch (CPU)" in m for m in messages), messages
+    where = "CUDA" if torch.cuda.is_available() else "CPU"
+    assert any("backend torch" in m and f"checkpoint runs on torch ({where})" in m for m in messages), messages
 
 
 def test_backend_and_file_mismatches(tiny_checkpoint, rt_onnx):

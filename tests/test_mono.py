@@ -76,7 +76,7 @@ def test_network_input_size_matches_dpt_rule():
 
 
 def test_depth_anything_tiny_offline_returns_input_size(tiny_da_dir, images):
-    model = load_mono_depth(tiny_da_dir, batch_size=2, input_size=140)
+    model = load_mono_depth(tiny_da_dir, batch_size=2, input_size=140, device="cpu")
     assert isinstance(model, DepthAnythingV2)
     assert model.output_kind == "inverse_depth"
     assert model.device.type == "cpu" and model.dtype == torch.float32
@@ -93,7 +93,7 @@ def test_depth_anything_tiny_offline_returns_input_size(tiny_da_dir, images):
 def test_depth_anything_matches_transformers_forward(tiny_da_dir, images):
     from transformers import AutoModelForDepthEstimation
 
-    model = load_mono_depth(tiny_da_dir, input_size=(126, 210))
+    model = load_mono_depth(tiny_da_dir, input_size=(126, 210), device="cpu")
     img = images[1]
     # The reference: transformers' own forward on the same input (pre-processing is tested below).
     x = model.preprocess(img)
@@ -276,6 +276,6 @@ def test_preprocessing_matches_transformers_image_processor(tiny_da_dir):
     ref = processor(images=left, return_tensors="pt")["pixel_values"]
     model = load_mono_depth(tiny_da_dir)
     assert model.processing_size(*left.shape[:2]) == tuple(ref.shape[2:]) == (518, 770)
-    ours = model.preprocess(left)
+    ours = model.preprocess(left).cpu()
     assert ours.shape == ref.shape
     assert (ours - ref).abs().mean() < 0.01

@@ -153,7 +153,9 @@ def _pretrain_config(tmp_path: Path) -> Path:
 
 
 def _pretrain(config: Path, out: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # On the CPU even on a GPU machine: these tests compare losses bit for bit across runs, and cuDNN's
+    # backward kernels are not deterministic (on an H200 a resumed run's next loss differed in the 3rd digit).
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
     return subprocess.Popen(
         [sys.executable, str(REPO / "training" / "pretrain.py"), "--config", str(config), "--out", str(out), *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

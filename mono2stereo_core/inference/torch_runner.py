@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -21,6 +22,10 @@ class TorchRunner(StereoRunner):
     ``cuda_graphs=True`` captures one CUDA graph per network input shape and replays it: at robot frame
     sizes the per-kernel launch overhead of a small network is a large share of its latency, and a graph
     removes it. It needs static shapes and a model without host synchronisation in ``forward``.
+
+    ``precision="fp32"`` on CUDA means IEEE fp32: TF32 convolutions and matmuls (cuDNN's default on Ampere
+    and newer) are switched off around each forward and graph capture, so a CUDA result matches the CPU and
+    ONNX Runtime ones to fp32 rounding (TF32 moved single pixels by up to 0.4 px on an H200).
     """
 
     backend = "torch"
@@ -98,10 +103,11 @@ class TorchRunner(StereoRunner):
     def infer(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         left_t = torch.from_numpy(left).to(self.device, non_blocking=True)
         right_t = torch.from_numpy(right).to(self.device, non_blocking=True)
-        if self.cuda_graphs:
-            disparity, confidence = self._replay(left_t, right_t)
-        else:
-            disparity, confidence = self.model(left_t.to(self.dtype), right_t.to(self.dtype))
+        with _ieee_fp32(self.device.type == "cuda" and self.precision == "fp32"):
+            if self.cuda_graphs:
+                disparity, confidence = self._replay(left_t, right_t)
+            else:
+                disparity, confidence = self.model(left_t.to(self.dtype), right_t.to(self.dtype))
         return (
             disparity.float().cpu().numpy(),
             confidence.float().cpu().numpy(),
@@ -133,6 +139,24 @@ class TorchRunner(StereoRunner):
         with torch.cuda.graph(graph):
             static_out = self.model(static_left, static_right)
         return graph, static_left, static_right, static_out
+
+
+@contextlib.contextmanager
+def _ieee_fp32(enabled: bool):
+    """No TF32 in cuDNN convolutions and cuBLAS matmuls while inside (the previous settings come back after).
+
+    The switches are process-wide: a thread running another CUDA model at the same moment sees them too.
+    """
+    if not enabled:
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _default_device() -> torch.device:
