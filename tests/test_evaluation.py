@@ -8,10 +8,13 @@ import pytest
 
 from mono2stereo_core.datasets_gt import (
     GTDataset,
+    GTSample,
     load_gt_dataset,
     load_gt_folder,
+    load_middlebury_scene,
     read_middlebury_calib,
     read_pfm,
+    write_middlebury_scene,
     write_pfm,
 )
 from mono2stereo_core.evaluation import (
@@ -279,6 +282,58 @@ def test_middlebury_two_scene_folder_reads_back(tmp_path, motorcycle):
     assert single.names == ["Motorcycle-perfect"]
     calib = read_middlebury_calib(tmp_path / "Crop-imperfect" / "calib.txt")
     assert calib["ndisp"] == 80 and calib["cam1"][0, 2] == pytest.approx(311.193 + 31.086)
+
+
+def test_write_middlebury_scene_round_trips_the_motorcycle_pair(tmp_path, motorcycle):
+    m = motorcycle
+    folder = write_middlebury_scene(tmp_path / "Motorcycle-copy", m)
+    back = load_middlebury_scene(folder)
+    assert back.name == "Motorcycle-copy"
+    assert np.array_equal(back.left, m.left) and np.array_equal(back.right, m.right)
+    np.testing.assert_array_equal(np.isnan(back.disparity), np.isnan(m.disparity))
+    valid = np.isfinite(m.disparity)
+    np.testing.assert_array_equal(back.disparity[valid], m.disparity[valid])
+    for field in ("fx", "fy", "cx", "cy", "doffs", "baseline"):
+        assert getattr(back.camera, field) == pytest.approx(getattr(MOTORCYCLE_CAMERA, field), rel=1e-5), field
+    calib = read_middlebury_calib(folder / "calib.txt")
+    # Middlebury's own motorcycle calib.txt says ndisp=270 (its search range); the writer derives it from the GT.
+    assert calib["ndisp"] == int(np.ceil(np.nanmax(m.disparity) / 16)) * 16
+    assert calib["cam1"][0, 2] == pytest.approx(MOTORCYCLE_CAMERA.cx + MOTORCYCLE_CAMERA.doffs, rel=1e-5)
+
+
+def test_write_middlebury_scene_refuses_what_it_cannot_write(tmp_path, motorcycle):
+    m = motorcycle
+    no_camera = GTSample(name="x", left=m.left, right=m.right, disparity=m.disparity)
+    with pytest.raises(ValueError, match="has no camera"):
+        write_middlebury_scene(tmp_path / "a", no_camera)
+    gray = GTSample(name="x", left=m.left[..., 0], right=m.right[..., 0], disparity=m.disparity, camera=m.camera)
+    with pytest.raises(ValueError, match="RGB uint8"):
+        write_middlebury_scene(tmp_path / "b", gray)
+    cropped = GTSample(name="x", left=m.left, right=m.right, disparity=m.disparity[:10], camera=m.camera)
+    with pytest.raises(ValueError, match="differs from the images"):
+        write_middlebury_scene(tmp_path / "c", cropped)
+
+
+def test_procedural_benchmark_writer_gives_scenes_evaluate_reads(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from mono2stereo_core.synthesis.procedural import render_scene
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "write_procedural_benchmark.py"
+    spec = importlib.util.spec_from_file_location("write_procedural_benchmark", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--out", str(tmp_path), "--first-seed", "910000", "--count", "2", "--width", "160",
+                        "--height", "120", "--max-disparity", "40"]) == 0
+    dataset = load_gt_folder(tmp_path)
+    assert dataset.names == ["scene_910000", "scene_910001"]
+    scene = render_scene(910001, width=160, height=120, max_disparity=40)
+    sample = dataset[1]
+    assert np.array_equal(sample.left, scene.left) and np.array_equal(sample.right, scene.right)
+    np.testing.assert_array_equal(sample.disparity, scene.disparity)
+    assert sample.camera.fx == pytest.approx(scene.camera.fx, rel=1e-5)
+    assert sample.camera.baseline == pytest.approx(scene.camera.baseline, rel=1e-5)
 
 
 def test_middlebury_errors_name_the_problem(tmp_path, motorcycle):

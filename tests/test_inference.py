@@ -74,6 +74,23 @@ def test_padding_is_exact_in_the_unpadded_region(tiny_checkpoint, motorcycle):
     np.testing.assert_array_equal(confidence, ref_conf[0, 0, :500, :741].numpy())
 
 
+def test_fp32_switches_tf32_off_only_inside_and_restores_it():
+    from mono2stereo_core.inference.torch_runner import _ieee_fp32
+
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with pytest.raises(RuntimeError, match="inside"):
+            with _ieee_fp32(True):
+                assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+                raise RuntimeError("inside")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with _ieee_fp32(False):  # fp16 and CPU runners leave the settings alone
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def test_torch_and_onnxruntime_agree_on_motorcycle(rt_model, rt_onnx, motorcycle):
     left, right = motorcycle
     torch_disp, torch_conf = TorchRunner(rt_model, device="cpu")(left, right)
