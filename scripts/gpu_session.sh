@@ -17,8 +17,13 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 BUDGET_S=${BUDGET_S:-540}
 PY=${PY:-python3}
+RUNS="pretrain_rt_fast_gpu pretrain_rt_gpu"
+for run in $RUNS; do
+    if [ -e "runs/$run" ]; then echo "runs/$run exists: move it away first (this script trains into it)"; exit 2; fi
+done
 mkdir -p "$OUT"
 T0=$(date +%s)
+PROBE=$(mktemp -d)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 exec > >(tee -a "$OUT/session.log") 2>&1
 left() { echo $((T0 + BUDGET_S - $(date +%s))); }
@@ -48,7 +53,7 @@ timeout 120 $PY -m pytest -q -p no:cacheprovider -m "not ros" $XDIST --continue-
 TESTS=$!
 RENDERERS=()
 for k in 0 1 2 3 4 5 6 7 8; do
-    timeout 115 $PY training/pretrain.py --config config/train/pretrain_rt_fast_gpu.yaml --out /tmp/prerender \
+    timeout 115 $PY training/pretrain.py --config config/train/pretrain_rt_fast_gpu.yaml --out "$PROBE/prerender" \
         --no-progress --prerender 1000 --shard "$k/9" >/dev/null 2>&1 &
     RENDERERS+=($!)
 done
@@ -57,14 +62,15 @@ echo "pytest rc $?: $(tail -n 1 "$OUT/pytest.log")"
 wait "${RENDERERS[@]}"
 ls runs/scene_cache | wc -l
 
-RUNS="pretrain_rt_fast_gpu pretrain_rt_gpu"
 stamp "probe"
+PROBES=()
 for run in $RUNS; do
-    $PY training/pretrain.py --config "config/train/$run.yaml" --out "/tmp/probe_$run" --no-progress \
+    $PY training/pretrain.py --config "config/train/$run.yaml" --out "$PROBE/$run" --no-progress \
         --set optim.steps=1000000 --set trainer.validate_every=0 --set trainer.checkpoint_minutes=0 \
-        --set trainer.checkpoint_every=0 >"/tmp/probe_$run.log" 2>&1 &
+        --set trainer.checkpoint_every=0 >"$PROBE/$run.log" 2>&1 &
+    PROBES+=($!)
 done
-steps_now() { if [ -f "/tmp/probe_$1/metrics.jsonl" ]; then wc -l <"/tmp/probe_$1/metrics.jsonl"; else echo 0; fi; }
+steps_now() { if [ -f "$PROBE/$1/metrics.jsonl" ]; then wc -l <"$PROBE/$1/metrics.jsonl"; else echo 0; fi; }
 sleep 25
 declare -A FIRST
 for run in $RUNS; do FIRST[$run]=$(steps_now "$run"); done
@@ -78,12 +84,11 @@ for run in $RUNS; do
     [ "${STEPS[$run]}" -lt 20 ] && STEPS[$run]=20
     echo "$run: $done_steps steps in 15 s -> optim.steps=${STEPS[$run]} for ${train_s} s"
 done
-pkill -f "training/pretrain.py" ; sleep 3; pkill -9 -f "training/pretrain.py"
+kill "${PROBES[@]}" 2>/dev/null; sleep 3; kill -9 "${PROBES[@]}" 2>/dev/null; wait "${PROBES[@]}" 2>/dev/null
 
 stamp "train"
 TRAINERS=()
 for run in $RUNS; do
-    rm -rf "runs/$run"
     timeout -k 20 $(($(left) - 15)) $PY training/pretrain.py --config "config/train/$run.yaml" --out "runs/$run" \
         --no-progress --set "optim.steps=${STEPS[$run]}" >"runs/$run.log" 2>&1 &
     TRAINERS+=($!)
@@ -92,6 +97,6 @@ wait "${TRAINERS[@]}"
 for run in $RUNS; do echo "$run: $(tail -n 3 "runs/$run.log")"; done
 stamp "pack"
 tar czf "$OUT/train.tgz" --exclude='*.state.*' --exclude='tb' $(for run in $RUNS; do echo "runs/$run runs/$run.log"; done) \
-    /tmp/probe_*.log 2>/dev/null
+    "$PROBE"/*.log 2>/dev/null
 ls -la "$OUT"
 stamp "done"
