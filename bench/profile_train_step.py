@@ -5,9 +5,10 @@
 
 Builds the recipe's network, objective and dataset exactly as training/pretrain.py does (model.init is
 skipped: weights do not change the time), draws one real batch, and times ``Trainer.train_step`` (forward,
-loss, backward, clip, optimizer step) on it under a few settings: the recipe as written, with
-``cudnn.benchmark`` (cuDNN picks its fastest kernels per shape), with AMP fp16 and, where the GPU has it,
-bf16 autocast. Then one profiler pass of the recipe's setting lists the operators that take the most time.
+loss, backward, clip, optimizer step) on it under a few settings, each a fresh ``Trainer`` with the same initial
+weights: the recipe as written, with ``cudnn.benchmark`` (cuDNN picks its fastest kernels per shape), and with
+``optim.amp`` fp16 (with loss scaling) and bf16 where the GPU has it — exactly as training would run them (the
+loss stays fp32). Then one profiler pass of the recipe's setting lists the operators that take the most time.
 Prints ms per step and ratios against the recipe's own setting; nothing is written.
 """
 
@@ -19,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -42,25 +42,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(trainer: Trainer, batch, *, steps: int, autocast_dtype=None) -> list[float]:
+def time_steps(trainer: Trainer, batch, *, steps: int) -> list[float]:
     """Milliseconds of each of ``steps`` train steps after three warm-up steps."""
     device = trainer.device
-    original = trainer.use_amp
-    context = (lambda: torch.autocast("cuda", dtype=autocast_dtype)) if autocast_dtype is not None else nullcontext
-    if autocast_dtype is torch.bfloat16:
-        trainer.use_amp = False  # bf16 needs no loss scaling; the step's own autocast stays off
     times = []
-    try:
-        for i in range(steps + 3):
-            synchronize(device)
-            started = time.perf_counter()
-            with context():
-                trainer.train_step(batch)
-            synchronize(device)
-            if i >= 3:
-                times.append((time.perf_counter() - started) * 1000.0)
-    finally:
-        trainer.use_amp = original
+    for i in range(steps + 3):
+        synchronize(device)
+        started = time.perf_counter()
+        trainer.train_step(batch)
+        synchronize(device)
+        if i >= 3:
+            times.append((time.perf_counter() - started) * 1000.0)
     return times
 
 
@@ -73,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     config = load_config(args.config, overrides=args.overrides + ["model.init=null", "trainer.workers=0"])
+    # The one-cycle schedule must outlast every setting's steps plus the profiler pass.
+    config["optim"]["steps"] = max(int(config["optim"]["steps"]), 4 * (args.steps + 3) + 10)
     context = init_distributed()
     device = context.device
     network, _ = build_network(config)
@@ -80,35 +74,36 @@ def main(argv: list[str] | None = None) -> int:
     batch_size = int(config["optim"]["batch_size"])
     items = [dataset[i] for i in range(batch_size)]
     batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
+    state = copy.deepcopy(network.state_dict())
+    loss_fn = build_objective(config)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    shape = "x".join(str(s) for s in batch["left"].shape)
+    print(f"{args.config.name}: batch {shape} on {name}, torch {torch.__version__}, "
+          f"optim.amp in recipe: {config['optim']['amp']}")
+
+    def trainer_for(amp) -> Trainer:
+        network.load_state_dict(state)
+        settings = copy.deepcopy(config)
+        settings["optim"]["amp"] = amp
+        return Trainer(config=settings, model=network, dataset=dataset, loss_fn=loss_fn, out_dir=out,
+                       context=context)
+
+    recipe_amp = config["optim"]["amp"]
+    settings = [("recipe as written", False, recipe_amp)]
+    if device.type == "cuda":
+        settings += [("cudnn.benchmark", True, recipe_amp), ("cudnn.benchmark + AMP fp16", True, "fp16")]
+        if torch.cuda.is_bf16_supported():
+            settings.append(("cudnn.benchmark + AMP bf16", True, "bf16"))
+    rows = []
     with tempfile.TemporaryDirectory(prefix="m2s_profile_") as out:
-        trainer = Trainer(config=config, model=network, dataset=dataset, loss_fn=build_objective(config),
-                          out_dir=out, context=context)
-        state = copy.deepcopy(network.state_dict())
-        shape = "x".join(str(s) for s in batch["left"].shape)
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-        print(f"{args.config.name}: batch {shape} on {name}, torch {torch.__version__}, "
-              f"amp in recipe: {trainer.use_amp}")
-        rows = []
-        settings = [("recipe as written", {}, None)]
-        if device.type == "cuda":
-            settings += [("cudnn.benchmark", {"benchmark": True}, None),
-                         ("cudnn.benchmark + AMP fp16", {"benchmark": True, "amp": True}, None)]
-            if torch.cuda.is_bf16_supported():
-                settings.append(("cudnn.benchmark + bf16 autocast", {"benchmark": True}, torch.bfloat16))
-        for label, flags, dtype in settings:
-            network.load_state_dict(state)
-            torch.backends.cudnn.benchmark = bool(flags.get("benchmark", False))
-            use_amp = trainer.use_amp
-            if "amp" in flags:
-                trainer.use_amp = flags["amp"]
+        for label, benchmark, amp in settings:
+            torch.backends.cudnn.benchmark = benchmark
             try:
-                times = time_steps(trainer, batch, steps=args.steps, autocast_dtype=dtype)
+                times = time_steps(trainer_for(amp), batch, steps=args.steps)
                 rows.append((label, statistics.median(times), min(times)))
             except Exception as error:  # one setting failing (a kernel missing on this GPU) must not hide the rest
                 rows.append((label, float("nan"), float("nan")))
                 print(f"  {label}: {type(error).__name__}: {str(error)[:200]}")
-            finally:
-                trainer.use_amp = use_amp
         base = rows[0][1]
         print("| setting | median ms/step | min ms | vs recipe |")
         print("|---|---:|---:|---:|")
@@ -116,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {label} | {median:.1f} | {fastest:.1f} | {median / base:.2f}x |")
 
         torch.backends.cudnn.benchmark = False
-        network.load_state_dict(state)
+        trainer = trainer_for(recipe_amp)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)

@@ -292,9 +292,9 @@ def write_middlebury_scene(
     height, width = disparity.shape
     fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
     (folder / "calib.txt").write_text(
-        f"cam0=[{fx:.6g} 0 {cx:.6g}; 0 {fy:.6g} {cy:.6g}; 0 0 1]\n"
-        f"cam1=[{fx:.6g} 0 {cx + camera.doffs:.6g}; 0 {fy:.6g} {cy:.6g}; 0 0 1]\n"
-        f"doffs={camera.doffs:.6g}\nbaseline={camera.baseline * 1000.0:.6g}\nwidth={width}\nheight={height}\n"
+        f"cam0=[{fx:.9g} 0 {cx:.9g}; 0 {fy:.9g} {cy:.9g}; 0 0 1]\n"
+        f"cam1=[{fx:.9g} 0 {cx + camera.doffs:.9g}; 0 {fy:.9g} {cy:.9g}; 0 0 1]\n"
+        f"doffs={camera.doffs:.9g}\nbaseline={camera.baseline * 1000.0:.9g}\nwidth={width}\nheight={height}\n"
         f"ndisp={max(16, int(np.ceil(top / 16.0)) * 16)}\nisint=0\n"
     )
     return folder

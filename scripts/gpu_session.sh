@@ -7,8 +7,9 @@
 #    TensorRT where installed, parity against the CPU) -> $OUT/gpu_check_<model>.md
 # 2. the test suite without the ROS tests (the GPU tests included; rclpy/rosbags may be missing there) ->
 #    $OUT/pytest.log, while the scene cache of the two fine-tunes is rendered on the other cores
-# 3. a 40 s probe of both fine-tunes side by side, then both runs with optim.steps set from the probe's step
-#    rate so that they end inside BUDGET_S -> $OUT/train.tgz (configs, metrics, final checkpoints, logs)
+# 3. a probe of both fine-tunes side by side (start-up, then 15 s counted), then both runs with optim.steps
+#    set from the probe's step rate so that they end inside BUDGET_S -> $OUT/train.tgz (configs, metrics,
+#    final checkpoints, logs); exit 1 if a run failed or was stopped at the budget
 # (Background jobs are waited for by PID: a bare `wait` would also wait for the log's tee.)
 # Everything runs from the repository root with the machine's own python3 (PY to override). Needs the two
 # warm-start checkpoints named in the configs' model.init (carry them to a bare machine).
@@ -33,7 +34,8 @@ stamp "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1
 nproc
 $PY - <<'EOF' || { echo "imports failed: stopping"; exit 3; }
-import sys, numpy, cv2, onnx, onnxruntime, skimage, safetensors, torch
+import sys, numpy, cv2, onnx, onnxruntime, skimage, safetensors, torch, tqdm, yaml
+import torch.utils.tensorboard  # the trainer's SummaryWriter
 print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda,
       "| onnxruntime", onnxruntime.__version__, onnxruntime.get_available_providers(),
       "| numpy", numpy.__version__, "| opencv", cv2.__version__, "| skimage", skimage.__version__)
@@ -46,10 +48,11 @@ for model in m2s_rt m2s_rt_fast; do
 done
 
 stamp "tests (no ROS) and scene cache"
-XDIST=""
-$PY -c "import xdist" 2>/dev/null && XDIST="-n 6"
-timeout 120 $PY -m pytest -q -p no:cacheprovider -m "not ros" $XDIST --continue-on-collection-errors \
-    --timeout 100 tests/ >"$OUT/pytest.log" 2>&1 &
+PYTEST_OPTS=""
+$PY -c "import xdist" 2>/dev/null && PYTEST_OPTS="-n 6"
+$PY -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS="$PYTEST_OPTS --timeout 100"
+timeout 120 $PY -m pytest -q -p no:cacheprovider -m "not ros" $PYTEST_OPTS --continue-on-collection-errors \
+    tests/ >"$OUT/pytest.log" 2>&1 &
 TESTS=$!
 RENDERERS=()
 for k in 0 1 2 3 4 5 6 7 8; do
@@ -71,12 +74,20 @@ for run in $RUNS; do
     PROBES+=($!)
 done
 steps_now() { if [ -f "$PROBE/$1/metrics.jsonl" ]; then wc -l <"$PROBE/$1/metrics.jsonl"; else echo 0; fi; }
-sleep 25
+# Start-up (CUDA, workers, warm-start weights) first: wait until every probe has logged 5 steps (60 s at most).
+for _ in $(seq 60); do
+    ready=1
+    for run in $RUNS; do [ "$(steps_now "$run")" -ge 5 ] || ready=0; done
+    [ "$ready" = 1 ] && break
+    sleep 1
+done
+sleep 5
 declare -A FIRST
 for run in $RUNS; do FIRST[$run]=$(steps_now "$run"); done
 sleep 15
 declare -A STEPS
 train_s=$(($(left) - 45))
+[ "$train_s" -lt 30 ] && train_s=30
 for run in $RUNS; do
     done_steps=$(($(steps_now "$run") - FIRST[$run]))
     # 90 % of the measured rate over what is left (final validation and save need the rest)
@@ -89,14 +100,18 @@ kill "${PROBES[@]}" 2>/dev/null; sleep 3; kill -9 "${PROBES[@]}" 2>/dev/null; wa
 stamp "train"
 TRAINERS=()
 for run in $RUNS; do
-    timeout -k 20 $(($(left) - 15)) $PY training/pretrain.py --config "config/train/$run.yaml" --out "runs/$run" \
+    limit=$(($(left) - 15))
+    [ "$limit" -lt 30 ] && limit=30
+    timeout -k 10 "$limit" $PY training/pretrain.py --config "config/train/$run.yaml" --out "runs/$run" \
         --no-progress --set "optim.steps=${STEPS[$run]}" >"runs/$run.log" 2>&1 &
     TRAINERS+=($!)
 done
-wait "${TRAINERS[@]}"
+FAILED=0
+for pid in "${TRAINERS[@]}"; do wait "$pid" || FAILED=1; done
 for run in $RUNS; do echo "$run: $(tail -n 3 "runs/$run.log")"; done
 stamp "pack"
 tar czf "$OUT/train.tgz" --exclude='*.state.*' --exclude='tb' $(for run in $RUNS; do echo "runs/$run runs/$run.log"; done) \
     "$PROBE"/*.log 2>/dev/null
 ls -la "$OUT"
 stamp "done"
+[ "$FAILED" = 0 ] || { echo "a training run failed: see runs/*.log in train.tgz"; exit 1; }

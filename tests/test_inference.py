@@ -87,8 +87,34 @@ def test_fp32_switches_tf32_off_only_inside_and_restores_it():
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
         with _ieee_fp32(False):  # fp16 and CPU runners leave the settings alone
             assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        # Two runners in two threads whose forwards overlap (A enters, B enters, A leaves, B leaves): TF32 stays
+        # off until the last one leaves, then the settings from before come back.
+        first, second = _ieee_fp32(True), _ieee_fp32(True)
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        second.__exit__(None, None, None)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp32_forward_runs_without_tf32(tiny_checkpoint, motorcycle):
+    seen = []
+    run = load_runner(tiny_checkpoint, backend="torch", device="cuda")
+    forward = run.model.forward
+
+    def recording(*args):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return forward(*args)
+
+    run.model.forward = recording
+    torch.backends.cudnn.allow_tf32 = True
+    run(*motorcycle)
+    assert seen == [(False, False)] and torch.backends.cudnn.allow_tf32
 
 
 def test_torch_and_onnxruntime_agree_on_motorcycle(rt_model, rt_onnx, motorcycle):

@@ -28,7 +28,12 @@ from mono2stereo_core.training.config import load_config
 from mono2stereo_core.training.datasets import SynthesizedFolderDataset
 from mono2stereo_core.training.distributed import DistributedContext, ResumableDistributedSampler
 from mono2stereo_core.training.objectives import build_objective
-from mono2stereo_core.training.trainer import Trainer, load_network_weights, optimizer_state_to_files
+from mono2stereo_core.training.trainer import (
+    Trainer,
+    amp_dtype,
+    load_network_weights,
+    optimizer_state_to_files,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -112,6 +117,31 @@ def test_a_few_steps_lower_the_loss_on_synthesized_pairs(synthesized_folder, tmp
     # The final checkpoint loads through the public API with its sidecar.
     model, sidecar = load_model(summary["checkpoint"])
     assert sidecar["architecture"]["name"] == "m2s_tiny" and sidecar["step"] == 12
+
+
+def test_amp_setting_is_validated_everywhere_and_used_on_cuda_only(synthesized_folder, tmp_path):
+    assert amp_dtype(False) is None and amp_dtype("none") is None
+    assert amp_dtype(True) is torch.float16 and amp_dtype("fp16") is torch.float16
+    assert amp_dtype("bf16") is torch.bfloat16
+    with pytest.raises(ValueError, match="optim.amp must be false, true, 'fp16' or 'bf16', instead got 'half'"):
+        make_trainer(synthesized_folder, tmp_path / "typo", steps=1, extra=["optim.amp=half"])
+    for setting in ("fp16", "bf16"):
+        trainer = make_trainer(synthesized_folder, tmp_path / setting, steps=1, extra=[f"optim.amp={setting}"])
+        # The CPU trains in fp32 whatever the recipe says; on CUDA bf16 runs without loss scaling.
+        assert (trainer.use_amp, trainer.amp_dtype, trainer.scaler.is_enabled()) == (False, None, False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_and_fp16_steps_on_cuda(synthesized_folder, tmp_path):
+    from mono2stereo_core.training.distributed import init_distributed
+
+    for setting, dtype, scaled in (("fp16", torch.float16, True), ("bf16", torch.bfloat16, False)):
+        trainer = make_trainer(synthesized_folder, tmp_path / setting, steps=3, context=init_distributed(),
+                               extra=[f"optim.amp={setting}"])
+        assert (trainer.amp_dtype, trainer.scaler.is_enabled()) == (dtype, scaled)
+        summary = trainer.fit()
+        assert summary["status"] == "finished" and np.isfinite(list(_losses(tmp_path / setting).values())).all()
 
 
 def test_checkpoint_round_trip_is_bit_exact(synthesized_folder, tmp_path):

@@ -141,22 +141,38 @@ class TorchRunner(StereoRunner):
         return graph, static_left, static_right, static_out
 
 
+# TF32 switches are process-wide: runners in several threads share one off-period, counted under a lock, so
+# the settings found before the first one entered come back only when the last one leaves.
+_TF32_LOCK = threading.Lock()
+_TF32_USERS = 0
+_TF32_SAVED: tuple[bool, bool] | None = None
+
+
 @contextlib.contextmanager
 def _ieee_fp32(enabled: bool):
     """No TF32 in cuDNN convolutions and cuBLAS matmuls while inside (the previous settings come back after).
 
-    The switches are process-wide: a thread running another CUDA model at the same moment sees them too.
+    The switches are process-wide: another thread running a CUDA model that wants TF32 at the same moment gets
+    fp32 too (slower, never less accurate).
     """
+    global _TF32_USERS, _TF32_SAVED
     if not enabled:
         yield
         return
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    with _TF32_LOCK:
+        if _TF32_USERS == 0:
+            _TF32_SAVED = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        _TF32_USERS += 1
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        with _TF32_LOCK:
+            _TF32_USERS -= 1
+            if _TF32_USERS == 0 and _TF32_SAVED is not None:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = _TF32_SAVED
+                _TF32_SAVED = None
 
 
 def _default_device() -> torch.device:

@@ -249,7 +249,13 @@ class Trainer:
         self.validation = validation
         self.total_steps = int(self.optim_cfg["steps"])
         self.batch_size = int(self.optim_cfg["batch_size"])
-        self.use_amp = bool(self.optim_cfg["amp"]) and self.device.type == "cuda"
+        # optim.amp: false | true (= fp16) | "fp16" | "bf16"; CUDA only (the CPU always trains in fp32).
+        requested = amp_dtype(self.optim_cfg["amp"])  # validated on every machine, used on CUDA only
+        self.amp_dtype = requested if self.device.type == "cuda" else None
+        if self.amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"optim.amp='bf16' needs a GPU with bfloat16 (Ampere or newer); "
+                             f"{torch.cuda.get_device_name(self.device)} has none: use fp16 or false")
+        self.use_amp = self.amp_dtype is not None
 
         forward = TrainForward(self.network)
         if context.enabled:
@@ -269,7 +275,8 @@ class Trainer:
             pct_start=float(self.optim_cfg["pct_start"]),
             anneal_strategy="cos",
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        # fp16 needs loss scaling against gradient underflow; bf16 has fp32's exponent range and does not.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.sampler = ResumableDistributedSampler(
             len(dataset), rank=context.rank, world_size=context.world_size, seed=int(config["seed"])
         )
@@ -470,7 +477,7 @@ class Trainer:
     def train_step(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, float], Any, float]:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         self.optimizer.zero_grad(set_to_none=True)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
+        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.use_amp else nullcontext()
         with autocast:
             output = self.forward(batch["left"], batch["right"])
         # Losses in fp32: the KL/log-softmax terms underflow in half precision.
@@ -574,6 +581,18 @@ class Trainer:
             "best": self.best,
             "checkpoint": str(self.ckpt_dir / f"step_{self.step:07d}.safetensors"),
         }
+
+
+def amp_dtype(setting: Any) -> torch.dtype | None:
+    """The autocast dtype of an ``optim.amp`` setting: ``false`` -> None, ``true``/``"fp16"`` -> float16,
+    ``"bf16"`` -> bfloat16 (needs a GPU with bf16 support: Ampere or newer)."""
+    if setting is False or setting is None or setting == "none":
+        return None
+    if setting is True or setting == "fp16":
+        return torch.float16
+    if setting == "bf16":
+        return torch.bfloat16
+    raise ValueError(f"optim.amp must be false, true, 'fp16' or 'bf16', instead got {setting!r}")
 
 
 def load_network_weights(network: nn.Module, path: str | Path) -> dict[str, Any]:
