@@ -14,8 +14,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# The default model and the CPU-latency variant shipped beside it (fourth training stage).
+# The default model and the CPU-latency variant shipped beside it, each with its recipes after the three
+# stages they share (the fourth session's GPU stages last).
 SHIPPED = ("m2s_rt", "m2s_rt_fast")
+OWN_RECIPES = {
+    "m2s_rt": ("config/train/pretrain_rt_gpu.yaml",),
+    "m2s_rt_fast": ("config/train/pretrain_rt_fast.yaml", "config/train/pretrain_rt_fast_gpu.yaml"),
+}
 
 
 @pytest.mark.parametrize("stem", SHIPPED)
@@ -27,9 +32,13 @@ def test_sidecar_describes_the_shipped_file(stem):
         "config/train/pretrain_rt.yaml",
         "config/train/pretrain_rt_continue.yaml",
         "config/train/pretrain_rt_long.yaml",
-        *(("config/train/pretrain_rt_fast.yaml",) if stem == "m2s_rt_fast" else ()),
+        *OWN_RECIPES[stem],
     ):
         assert recipe in sidecar["reproduce"] and (WEIGHTS.parent / recipe).is_file()
+    # The stages run in order, the model's own ones after the shared three.
+    order = ["config/train/pretrain_rt_long.yaml", *OWN_RECIPES[stem]]
+    positions = [sidecar["reproduce"].index(recipe) for recipe in order]
+    assert positions == sorted(positions), positions
     assert (WEIGHTS / f"{stem}.safetensors").stat().st_size < 20e6
     fast = {"volume_in_kernel": 1, "volume_out_kernel": 1, "hourglass_upsample": "trilinear"}
     architecture = sidecar["architecture"]
