@@ -197,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_one(json.loads(args.child))))
         return 0
 
-
     backends = args.backends or available_backends()
     rows = []
     with tempfile.TemporaryDirectory(prefix="m2s_bench_") as workdir:

@@ -81,13 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.config.name}: batch {shape} on {name}, torch {torch.__version__}, "
           f"optim.amp in recipe: {config['optim']['amp']}")
 
-    def trainer_for(amp) -> Trainer:
-        network.load_state_dict(state)
-        settings = copy.deepcopy(config)
-        settings["optim"]["amp"] = amp
-        return Trainer(config=settings, model=network, dataset=dataset, loss_fn=loss_fn, out_dir=out,
-                       context=context)
-
     recipe_amp = config["optim"]["amp"]
     settings = [("recipe as written", False, recipe_amp)]
     if device.type == "cuda":
@@ -96,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
             settings.append(("cudnn.benchmark + AMP bf16", True, "bf16"))
     rows = []
     with tempfile.TemporaryDirectory(prefix="m2s_profile_") as out:
+
+        def trainer_for(amp) -> Trainer:
+            network.load_state_dict(state)
+            settings = copy.deepcopy(config)
+            settings["optim"]["amp"] = amp
+            return Trainer(config=settings, model=network, dataset=dataset, loss_fn=loss_fn, out_dir=out,
+                           context=context)
+
         for label, benchmark, amp in settings:
             torch.backends.cudnn.benchmark = benchmark
             try:

@@ -19,7 +19,7 @@ from rosbags.typesys import Stores, get_typestore
 from skimage.data import stereo_motorcycle
 
 from mono2stereo_core.bags import BagError
-from mono2stereo_core.datasets_gt import write_pfm
+from mono2stereo_core.datasets_gt import GTSample, write_middlebury_scene
 from mono2stereo_core.geometry import MOTORCYCLE_CAMERA, depth_to_points
 from mono2stereo_core.image_encoding import encode_image
 from mono2stereo_core.pointcloud import FLOAT32, invert_transform, quaternion_to_matrix
@@ -253,16 +253,8 @@ def test_synthesized_folder_and_middlebury_folder(tmp_path):
     assert item["left"].shape == (3, 120, 160) and item["valid"].float().mean() > 0.5
     assert float(item["disparity"][item["valid"]].max()) <= float(np.nanmax(pair.disparity)) + 1e-4
 
-    scene = tmp_path / "mb" / "motorcycle"
-    scene.mkdir(parents=True)
-    cv2.imwrite(str(scene / "im0.png"), left[..., ::-1])
-    cv2.imwrite(str(scene / "im1.png"), right[..., ::-1])
-    write_pfm(scene / "disp0GT.pfm", np.where(np.isfinite(gt), gt, np.inf).astype(np.float32))
-    (scene / "calib.txt").write_text(
-        f"cam0=[{camera.fx} 0 {camera.cx}; 0 {camera.fy} {camera.cy}; 0 0 1]\n"
-        f"cam1=[{camera.fx} 0 {camera.cx + camera.doffs}; 0 {camera.fy} {camera.cy}; 0 0 1]\n"
-        f"doffs={camera.doffs}\nbaseline={camera.baseline * 1000}\nwidth={left.shape[1]}\nheight={left.shape[0]}\nndisp=64\n"
-    )
+    sample = GTSample(name="motorcycle", left=left, right=right, disparity=gt, camera=camera)
+    write_middlebury_scene(tmp_path / "mb" / "motorcycle", sample)
     dataset = GroundTruthFolderDataset(tmp_path / "mb", crop=crop, max_disparity=64)
     item = dataset[0]
     # The crop window is somewhere inside the GT: its valid disparities are a sub-block of the GT's.

@@ -255,7 +255,6 @@ class Trainer:
         if self.amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise ValueError(f"optim.amp='bf16' needs a GPU with bfloat16 (Ampere or newer); "
                              f"{torch.cuda.get_device_name(self.device)} has none: use fp16 or false")
-        self.use_amp = self.amp_dtype is not None
 
         forward = TrainForward(self.network)
         if context.enabled:
@@ -294,6 +293,10 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self._stop_signal: int | None = None
         self._writer = None
+
+    @property
+    def use_amp(self) -> bool:
+        return self.amp_dtype is not None
 
     @property
     def wall_s(self) -> float:
