@@ -131,6 +131,35 @@ def test_amp_setting_is_validated_everywhere_and_used_on_cuda_only(synthesized_f
         assert (trainer.use_amp, trainer.amp_dtype, trainer.scaler.is_enabled()) == (False, None, False)
 
 
+def test_freeze_batchnorm_keeps_running_statistics_through_training_and_validation(synthesized_folder, tmp_path):
+    from mono2stereo_core.training.datasets import predict_pair
+
+    left, right = (np.ascontiguousarray(cv2.imread(str(synthesized_folder / f"{side}/0.png"))[..., ::-1])
+                   for side in ("left", "right"))
+
+    def validation(network, *, device):
+        # As GroundTruthValidation does: predict_pair switches to eval() and back to train().
+        return {"bad2": 50.0}, predict_pair(network, left, right, device=device)
+
+    for freeze in (False, True):
+        trainer = make_trainer(synthesized_folder, tmp_path / f"freeze_{freeze}", steps=6,
+                               extra=[f"optim.freeze_batchnorm={freeze}", "trainer.validate_every=3"])
+        trainer.validation = validation
+        state = trainer.network.state_dict()
+        before = {k: v.clone() for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+        affine = {k: v.clone() for k, v in state.items() if k[: -len("weight")] + "running_mean" in before}
+        assert len(before) > 10 and len(affine) == len(before) // 2
+        assert trainer.fit()["status"] == "finished"
+        state = trainer.network.state_dict()
+        stats_moved = [k for k in before if not torch.equal(before[k], state[k])]
+        affine_moved = [k for k in affine if not torch.equal(affine[k], state[k])]
+        # Steps 4 to 6 run after a validation: frozen statistics must survive its eval()/train() switch.
+        assert len(stats_moved) == (0 if freeze else len(before)), (freeze, stats_moved)
+        assert len(affine_moved) == len(affine), freeze  # the layers' scale and shift train either way
+        bn = [m for m in trainer.network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert all(m.training != freeze for m in bn)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bf16_and_fp16_steps_on_cuda(synthesized_folder, tmp_path):

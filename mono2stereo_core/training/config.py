@@ -97,6 +97,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "batch_size": 4,
         "steps": 1000,
         "amp": True,
+        # Keep every batch-norm layer's running statistics fixed (the layers normalise with the statistics of
+        # the warm start; their scale and shift still train). For fine-tuning with small batches (the CPU's 2
+        # to 4 pairs), whose per-batch statistics are too noisy to replace those of the large-batch stage.
+        "freeze_batchnorm": False,
     },
     "trainer": {
         "workers": 0,

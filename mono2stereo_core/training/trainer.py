@@ -249,6 +249,7 @@ class Trainer:
         self.validation = validation
         self.total_steps = int(self.optim_cfg["steps"])
         self.batch_size = int(self.optim_cfg["batch_size"])
+        self.freeze_batchnorm = bool(self.optim_cfg.get("freeze_batchnorm", False))
         # optim.amp: false | true (= fp16) | "fp16" | "bf16"; CUDA only (the CPU always trains in fp32).
         requested = amp_dtype(self.optim_cfg["amp"])  # validated on every machine, used on CUDA only
         self.amp_dtype = requested if self.device.type == "cuda" else None
@@ -297,6 +298,18 @@ class Trainer:
     @property
     def use_amp(self) -> bool:
         return self.amp_dtype is not None
+
+    def _train_mode(self) -> None:
+        """Training mode, with the batch-norm layers in inference mode when ``optim.freeze_batchnorm`` is set.
+
+        Called at the start of ``fit`` and after every validation (which switches the whole network to
+        ``eval()`` and back to ``train()``).
+        """
+        self.network.train()
+        if self.freeze_batchnorm:
+            for module in self.network.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     @property
     def wall_s(self) -> float:
@@ -455,6 +468,7 @@ class Trainer:
             self._writer.add_image("val/disparity", colorize_disparity(disparity, vmin=0), self.step, dataformats="HWC")
         if improved:
             self._save_best()
+        self._train_mode()
 
     def _save_best(self) -> None:
         from ..models import save_checkpoint
@@ -523,7 +537,7 @@ class Trainer:
 
             progress = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True)
         last_ckpt = time.monotonic()
-        self.network.train()
+        self._train_mode()
         try:
             while self.step < self.total_steps:
                 epoch, position = divmod(self.step, self.batches_per_epoch)
