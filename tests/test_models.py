@@ -299,3 +299,39 @@ def test_converted_weights_keep_the_response_to_constant_volumes(tmp_path):
         load_network_weights(build_model("m2s_tiny", agg_channels=8, **FAST), path)
     with pytest.raises(ValueError, match="only 3 -> 1"):
         convert_state_dict(new.state_dict(), new.config, old.config)
+
+
+def test_network_without_edge_refinement_ends_at_the_convex_upsampling(tmp_path):
+    from mono2stereo_core.models import save_checkpoint
+    from mono2stereo_core.models.stereo_net import convert_state_dict
+    from mono2stereo_core.training.trainer import load_network_weights
+
+    torch.manual_seed(3)
+    old = build_model("m2s_tiny").eval()
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    new = build_model("m2s_tiny", edge_refinement=False).eval()
+    assert new.edge_refinement is None and new.config["edge_refinement"] is False
+    assert "edge_refinement" not in old.config  # legacy sidecars keep rebuilding the network with the stage
+    assert build_from_config(new.config).edge_refinement is None
+    assert build_from_config(old.config).edge_refinement is not None
+    tensors = convert_state_dict(old.state_dict(), old.config, new.config)
+    assert not [k for k in tensors if k.startswith("edge_refinement.")]
+    new.load_state_dict(tensors, strict=True)
+    left, right = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = old.forward_train(left, right), new.forward_train(left, right)
+    # Everything up to the full-resolution stage is the same network: its input is the new output, exactly.
+    assert len(b.predictions) == len(a.predictions) - 1
+    assert torch.equal(b.disparity, a.predictions[-2]) and not torch.equal(b.disparity, a.disparity)
+    assert count_macs(new, height=480, width=640) < count_macs(old, height=480, width=640)
+    # A training warm start converts on load.
+    fresh = build_model("m2s_tiny", edge_refinement=False)
+    load_network_weights(fresh, save_checkpoint(tmp_path / "old.safetensors", old, sidecar={}))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval().forward_train(left, right).disparity, b.disparity, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="only 3 -> 1, deconv -> trilinear and true -> false convert"):
+        convert_state_dict(new.state_dict(), new.config, old.config)
+    with pytest.raises(ValueError, match="edge_refinement must be true or false"):
+        build_model("m2s_rt", edge_refinement="no")

@@ -98,9 +98,10 @@ _LEGACY_DEFAULTS: dict[str, Any] = {
     "volume_in_kernel": 3,
     "volume_out_kernel": 3,
     "hourglass_upsample": "deconv",
+    "edge_refinement": True,
 }
 # Settings every variant accepts (defaulting to the legacy value) without listing them in _VARIANTS.
-_COMMON_SETTINGS = ("volume_in_kernel", "volume_out_kernel", "hourglass_upsample")
+_COMMON_SETTINGS = ("volume_in_kernel", "volume_out_kernel", "hourglass_upsample", "edge_refinement")
 
 
 @dataclass
@@ -155,8 +156,11 @@ class StereoNet(nn.Module):
         volume_in_kernel: int = 3,
         volume_out_kernel: int = 3,
         hourglass_upsample: str = "deconv",
+        edge_refinement: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(edge_refinement, bool):
+            raise ValueError(f"edge_refinement must be true or false, instead got {edge_refinement!r}")
         for key, value in dict(volume_in_kernel=volume_in_kernel, volume_out_kernel=volume_out_kernel).items():
             if value not in (1, 3):
                 raise ValueError(f"{key} must be 1 or 3, instead got {value!r}")
@@ -196,6 +200,7 @@ class StereoNet(nn.Module):
             volume_in_kernel=volume_in_kernel,
             volume_out_kernel=volume_out_kernel,
             hourglass_upsample=hourglass_upsample,
+            edge_refinement=edge_refinement,
         )
         # A setting at its legacy value is left out, so configs (and the sidecars that store them) of networks
         # that do not use a later-added feature stay identical to those written before it existed.
@@ -256,7 +261,11 @@ class StereoNet(nn.Module):
                 for _ in range(refine_iterations)
             ]
         )
-        self.edge_refinement = EdgeRefinement(channels=edge_channels, max_disparity=max_disparity)
+        # Optional: measured on the shipped m2s_rt, the full-resolution stage changed bad-2 by +0.12 points on
+        # motorcycle and +0.04 on held-out procedural scenes (docs/network.md): edge_refinement=False drops it.
+        self.edge_refinement = (
+            EdgeRefinement(channels=edge_channels, max_disparity=max_disparity) if edge_refinement else None
+        )
 
     @property
     def num_parameters(self) -> int:
@@ -310,8 +319,10 @@ class StereoNet(nn.Module):
             disparity2, hidden = refine(left2, right2, disparity2, scale=2)
             full = convex_upsample(disparity2, mask_head(hidden), factor=2)
             predictions.append(full)
-        final = self.edge_refinement(left_n, full)
-        predictions.append(final)
+        final = full
+        if self.edge_refinement is not None:
+            final = self.edge_refinement(left_n, full)
+            predictions.append(final)
         confidence = F.interpolate(confidence4, size=(h, w), mode="bilinear", align_corners=False)
         return StereoOutput(
             disparity=final,
@@ -362,7 +373,8 @@ def convert_state_dict(
     tensors: dict[str, Tensor], found: dict[str, Any], wanted: dict[str, Any]
 ) -> dict[str, Tensor]:
     """Turns the weights of network ``found`` (a config) into a warm start for ``wanted``, which may differ
-    only in :data:`CONVERTIBLE_SETTINGS`, from the 3x3x3 / ``deconv`` values to 1 / ``trilinear``.
+    only in :data:`CONVERTIBLE_SETTINGS`, from the 3x3x3 / ``deconv`` values to 1 / ``trilinear``, and from
+    ``edge_refinement`` true to false (its weights are dropped: the network then ends at the convex upsampling).
 
     A 3x3x3 kernel becomes the 1x1x1 kernel with the same response to a locally constant volume (the sum of
     its taps); a stride-2 transposed conv becomes the 1x1x1 conv after trilinear upsampling with the same mean
@@ -376,9 +388,15 @@ def convert_state_dict(
     if bad:
         raise ValueError(f"cannot convert weights across {bad}; only {list(CONVERTIBLE_SETTINGS)} convert")
     for key in differing:
-        if (f[key], w[key]) not in ((3, 1), ("deconv", "trilinear")):
-            raise ValueError(f"{key}: only 3 -> 1 and deconv -> trilinear convert, instead got {f[key]!r} -> {w[key]!r}")
+        if (f[key], w[key]) not in ((3, 1), ("deconv", "trilinear"), (True, False)):
+            raise ValueError(
+                f"{key}: only 3 -> 1, deconv -> trilinear and true -> false convert, "
+                f"instead got {f[key]!r} -> {w[key]!r}"
+            )
     out = dict(tensors)
+    if "edge_refinement" in differing:
+        for name in [k for k in tensors if k.startswith("edge_refinement.")]:
+            del out[name]
     if "volume_in_kernel" in differing:
         out["volume_in.0.weight"] = tensors["volume_in.0.weight"].sum(dim=(2, 3, 4), keepdim=True)
     if "volume_out_kernel" in differing:
