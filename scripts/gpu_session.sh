@@ -2,7 +2,10 @@
 # One short GPU lease, used in full: the CUDA checks of issue 4, then two time-boxed fine-tunes (issue 7).
 #
 #   OUT=gpu_out BUDGET_S=540 bash scripts/gpu_session.sh
+#   OUT=gpu_out BUDGET_S=540 CHECKS=0 RUNS="pretrain_rt_gpu2" bash scripts/gpu_session.sh   # training only
 #
+# RUNS: the config/train/<run>.yaml recipes trained side by side (default: the fourth session's two);
+# CHECKS=0 skips steps 1 and 2 (the scene cache is still rendered first, on every core).
 # 1. bench/gpu_check.py for m2s_rt and m2s_rt_fast (torch CUDA fp32/fp16 +- CUDA graphs, ONNX Runtime CUDA /
 #    TensorRT where installed, parity against the CPU) -> $OUT/gpu_check_<model>.md
 # 2. the test suite without the ROS tests (the GPU tests included; rclpy/rosbags may be missing there) ->
@@ -18,7 +21,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 BUDGET_S=${BUDGET_S:-540}
 PY=${PY:-python3}
-RUNS="pretrain_rt_fast_gpu pretrain_rt_gpu"
+RUNS=${RUNS:-"pretrain_rt_fast_gpu pretrain_rt_gpu"}
+CHECKS=${CHECKS:-1}
+for run in $RUNS; do
+    [ -f "config/train/$run.yaml" ] || { echo "config/train/$run.yaml does not exist"; exit 2; }
+done
 for run in $RUNS; do
     if [ -e "runs/$run" ]; then echo "runs/$run exists: move it away first (this script trains into it)"; exit 2; fi
 done
@@ -42,27 +49,41 @@ print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", to
 print("cuda device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
 EOF
 
-for model in m2s_rt m2s_rt_fast; do
-    stamp "gpu_check $model"
-    timeout 120 $PY bench/gpu_check.py --model "$model" --markdown "$OUT/gpu_check_$model.md"
-done
+if [ "$CHECKS" != 0 ]; then
+    for model in m2s_rt m2s_rt_fast; do
+        stamp "gpu_check $model"
+        timeout 120 $PY bench/gpu_check.py --model "$model" --markdown "$OUT/gpu_check_$model.md"
+    done
+fi
 
-stamp "tests (no ROS) and scene cache"
-PYTEST_OPTS=""
-$PY -c "import xdist" 2>/dev/null && PYTEST_OPTS="-n 6"
-$PY -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS="$PYTEST_OPTS --timeout 100"
-timeout 120 $PY -m pytest -q -p no:cacheprovider -m "not ros" $PYTEST_OPTS --continue-on-collection-errors \
-    tests/ >"$OUT/pytest.log" 2>&1 &
-TESTS=$!
+stamp "scene cache$([ "$CHECKS" != 0 ] && echo " and tests (no ROS)")"
+TESTS=""
+if [ "$CHECKS" != 0 ]; then
+    PYTEST_OPTS=""
+    $PY -c "import xdist" 2>/dev/null && PYTEST_OPTS="-n 6"
+    $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS="$PYTEST_OPTS --timeout 100"
+    timeout 120 $PY -m pytest -q -p no:cacheprovider -m "not ros" $PYTEST_OPTS --continue-on-collection-errors \
+        tests/ >"$OUT/pytest.log" 2>&1 &
+    TESTS=$!
+    RENDER_JOBS=9
+else
+    RENDER_JOBS=$(nproc)
+fi
 RENDERERS=()
-for k in 0 1 2 3 4 5 6 7 8; do
-    timeout 115 $PY training/pretrain.py --config config/train/pretrain_rt_fast_gpu.yaml --out "$PROBE/prerender" \
-        --no-progress --prerender 1000 --shard "$k/9" >/dev/null 2>&1 &
-    RENDERERS+=($!)
+# Every run's scenes (the recipes may share them: the cache is keyed by scene and render settings).
+for run in $RUNS; do
+    for k in $(seq 0 $((RENDER_JOBS - 1))); do
+        timeout 115 $PY training/pretrain.py --config "config/train/$run.yaml" --out "$PROBE/prerender_$run" \
+            --no-progress --prerender 1000 --shard "$k/$RENDER_JOBS" >/dev/null 2>&1 &
+        RENDERERS+=($!)
+    done
+    wait "${RENDERERS[@]}"
+    RENDERERS=()
 done
-wait $TESTS
-echo "pytest rc $?: $(tail -n 1 "$OUT/pytest.log")"
-wait "${RENDERERS[@]}"
+if [ -n "$TESTS" ]; then
+    wait $TESTS
+    echo "pytest rc $?: $(tail -n 1 "$OUT/pytest.log")"
+fi
 ls runs/scene_cache | wc -l
 
 stamp "probe"
