@@ -35,14 +35,17 @@ def test_sidecar_describes_the_shipped_file(stem):
         *OWN_RECIPES[stem],
     ):
         assert recipe in sidecar["reproduce"] and (WEIGHTS.parent / recipe).is_file()
-    # The stages run in order, the model's own ones after the shared three.
-    order = ["config/train/pretrain_rt_long.yaml", *OWN_RECIPES[stem]]
+    # The stages run in order, the model's own ones after the shared three, then the conversion that dropped
+    # the full-resolution edge stage (fifth session: it made both evaluation sets worse).
+    order = ["config/train/pretrain_rt_long.yaml", *OWN_RECIPES[stem], "training/convert.py"]
     positions = [sidecar["reproduce"].index(recipe) for recipe in order]
     assert positions == sorted(positions), positions
     assert (WEIGHTS / f"{stem}.safetensors").stat().st_size < 20e6
     fast = {"volume_in_kernel": 1, "volume_out_kernel": 1, "hourglass_upsample": "trilinear"}
     architecture = sidecar["architecture"]
     assert all(architecture.get(k) == v for k, v in fast.items()) == (stem == "m2s_rt_fast")
+    assert architecture.get("edge_refinement") is False
+    assert sidecar["converted_from"]["settings"] == {"edge_refinement": False}
 
 
 @pytest.mark.parametrize("stem", SHIPPED)
