@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import torch
+from model_helpers import perturbed_tiny
 
-from mono2stereo_core.models import build_model, load_model, save_checkpoint
+from mono2stereo_core.models import load_model, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,11 +21,7 @@ def _convert(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_convert_drops_the_edge_stage_and_records_where_from(tmp_path):
-    torch.manual_seed(5)
-    source = build_model("m2s_tiny").eval()
-    with torch.no_grad():
-        for p in source.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    source = perturbed_tiny(5)
     src = save_checkpoint(tmp_path / "src.safetensors", source,
                           sidecar={"reproduce": "python training/pretrain.py --config a.yaml", "step": 7,
                                    "validation": {"bad2": 42.0}})

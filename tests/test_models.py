@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import perturbed_tiny
 from skimage import data
 
 from mono2stereo_core.models import MODEL_NAMES, StereoOutput, build_from_config, build_model, count_macs
@@ -269,11 +270,7 @@ def test_converted_weights_keep_the_response_to_constant_volumes(tmp_path):
     from mono2stereo_core.models.stereo_net import convert_state_dict
     from mono2stereo_core.training.trainer import load_network_weights
 
-    torch.manual_seed(1)
-    old = build_model("m2s_tiny").eval()
-    with torch.no_grad():
-        for p in old.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    old = perturbed_tiny(1)
     new = build_model("m2s_tiny", **FAST).eval()
     new.load_state_dict(convert_state_dict(old.state_dict(), old.config, new.config), strict=True)
     # Every weight outside the three converted layers is carried over unchanged.
@@ -306,11 +303,7 @@ def test_network_without_edge_refinement_ends_at_the_convex_upsampling(tmp_path)
     from mono2stereo_core.models.stereo_net import convert_state_dict
     from mono2stereo_core.training.trainer import load_network_weights
 
-    torch.manual_seed(3)
-    old = build_model("m2s_tiny").eval()
-    with torch.no_grad():
-        for p in old.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    old = perturbed_tiny(3)
     new = build_model("m2s_tiny", edge_refinement=False).eval()
     assert new.edge_refinement is None and new.config["edge_refinement"] is False
     assert "edge_refinement" not in old.config  # legacy sidecars keep rebuilding the network with the stage
