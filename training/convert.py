@@ -12,8 +12,9 @@ training runs do the same conversion on load when ``model.init`` names a checkpo
 command is for a conversion that is shipped as it is.
 
 The new sidecar keeps the source's (recipe, data, step) and adds ``converted_from`` (source file, its sha256,
-the changed settings, the source's in-run validation) and ``reproduce`` (the source's command, then this one). ``--evaluate`` scores
-source and result on the motorcycle pair (``training/evaluate.py``'s metrics, SGBM in the same run).
+the changed settings, the source's in-run validation) and ``reproduce`` (the source's command, then this one).
+``--evaluate`` scores source and result on the motorcycle pair as the trainer's validation does (all,
+non-occluded and SGBM's pixels, SGBM in the same run).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from mono2stereo_core.training.config import parse_override  # noqa: E402
 from mono2stereo_core.training.trainer import GroundTruthValidation, load_network_weights  # noqa: E402
 
 # Written by save_checkpoint from the network and the file; never copied from the source's sidecar.
-_COMPUTED = ("format", "version", "architecture", "max_disparity", "stride", "num_parameters", "gmac_640x480", "weights_file",
-             "weights_sha256")
+_COMPUTED = ("format", "version", "architecture", "max_disparity", "stride", "num_parameters", "gmac_640x480",
+             "weights_file", "weights_sha256")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
