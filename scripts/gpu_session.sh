@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short GPU lease, used in full: the CUDA checks of issue 4, then two time-boxed fine-tunes (issue 7).
+# One short GPU lease, used in full: the CUDA checks of issue 4, then time-boxed fine-tunes side by side (issue 7).
 #
 #   OUT=gpu_out BUDGET_S=540 bash scripts/gpu_session.sh
 #   OUT=gpu_out BUDGET_S=540 CHECKS=0 RUNS="pretrain_rt_gpu2" bash scripts/gpu_session.sh   # training only
@@ -9,13 +9,13 @@
 # 1. bench/gpu_check.py for m2s_rt and m2s_rt_fast (torch CUDA fp32/fp16 +- CUDA graphs, ONNX Runtime CUDA /
 #    TensorRT where installed, parity against the CPU) -> $OUT/gpu_check_<model>.md
 # 2. the test suite without the ROS tests (the GPU tests included; rclpy/rosbags may be missing there) ->
-#    $OUT/pytest.log, while the scene cache of the two fine-tunes is rendered on the other cores
-# 3. a probe of both fine-tunes side by side (start-up, then 15 s counted), then both runs with optim.steps
+#    $OUT/pytest.log, while the scene cache of the fine-tunes is rendered on the other cores
+# 3. a probe of the fine-tunes side by side (start-up, then 15 s counted), then the runs with optim.steps
 #    set from the probe's step rate so that they end inside BUDGET_S -> $OUT/train.tgz (configs, metrics,
 #    final checkpoints, logs); exit 1 if a run failed or was stopped at the budget
 # (Background jobs are waited for by PID: a bare `wait` would also wait for the log's tee.)
-# Everything runs from the repository root with the machine's own python3 (PY to override). Needs the two
-# warm-start checkpoints named in the configs' model.init (carry them to a bare machine).
+# Everything runs from the repository root with the machine's own python3 (PY to override). Needs the
+# warm-start checkpoints named in the RUNS configs' model.init (carry them to a bare machine).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -25,8 +25,6 @@ RUNS=${RUNS:-"pretrain_rt_fast_gpu pretrain_rt_gpu"}
 CHECKS=${CHECKS:-1}
 for run in $RUNS; do
     [ -f "config/train/$run.yaml" ] || { echo "config/train/$run.yaml does not exist"; exit 2; }
-done
-for run in $RUNS; do
     if [ -e "runs/$run" ]; then echo "runs/$run exists: move it away first (this script trains into it)"; exit 2; fi
 done
 mkdir -p "$OUT"

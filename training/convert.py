@@ -75,7 +75,8 @@ def convert(source: Path, out: Path, settings: dict) -> Path:
     sidecar = read_sidecar(source)
     config = {**sidecar["architecture"], **settings}
     network = build_from_config(config)
-    if network.config == build_from_config(sidecar["architecture"]).config:
+    # Both configs leave settings at their legacy value out (StereoNet.config, the sidecar written from it).
+    if network.config == sidecar["architecture"]:
         raise ValueError(f"{source} already has {settings}: nothing to convert")
     load_network_weights(network, source)  # converts (or raises CheckpointError naming what cannot)
     new_sidecar = {k: v for k, v in sidecar.items() if k not in _COMPUTED and k != "validation"}
