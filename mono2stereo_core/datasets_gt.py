@@ -33,6 +33,8 @@ __all__ = [
     "load_gt_folder",
     "load_middlebury_scene",
     "load_motorcycle",
+    "load_aloe",
+    "ALOE_DIR",
     "read_middlebury_calib",
     "write_middlebury_scene",
     "read_pfm",
@@ -401,6 +403,51 @@ def load_motorcycle() -> GTSample:
     return GTSample(name="motorcycle", left=left, right=right, disparity=disparity, camera=MOTORCYCLE_CAMERA)
 
 
+ALOE_DIR = Path(__file__).resolve().parent / "data" / "middlebury2006_aloe"
+# The Middlebury 2006 collection's nominal rig at full size; the OpenCV copy has no calib.txt (see SOURCE.md).
+_ALOE_FULL_FOCAL = 3740.0
+_ALOE_BASELINE_M = 0.160
+
+
+def load_aloe(*, scale: int = 2, folder: str | Path | None = None) -> GTSample:
+    """The Middlebury 2006 "Aloe" pair bundled with this package (``data/middlebury2006_aloe/SOURCE.md``).
+
+    ``scale`` 1, 2 or 3 gives Middlebury's full, half (default: 555 x 641, disparities up to 105.5 px, about
+    the motorcycle pair's range) and third sizes: the views are box-averaged (``INTER_AREA``), the ground
+    truth is sampled at every ``scale``-th pixel (an average would invent disparities across depth edges) and
+    divided by ``scale``. Unknown ground truth (0 in ``aloeGT.png``) is NaN. The camera is the collection's
+    nominal rig: disparities are exact, depth from it approximate.
+    """
+    if scale not in (1, 2, 3):
+        raise ValueError(f"load_aloe scale must be 1 (full), 2 (half) or 3 (third size), instead got {scale!r}")
+    folder = Path(folder) if folder is not None else ALOE_DIR
+    left, right = _read_rgb(folder / "aloeL.jpg"), _read_rgb(folder / "aloeR.jpg")
+    raw = cv2.imread(str(folder / "aloeGT.png"), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 2 or raw.shape != left.shape[:2] or left.shape != right.shape:
+        raise ValueError(
+            f"{folder}: aloeL.jpg {left.shape}, aloeR.jpg {right.shape} and aloeGT.png "
+            f"{None if raw is None else raw.shape} must be one size (a single-channel ground truth)"
+        )
+    disparity = raw.astype(np.float32)
+    disparity[raw == 0] = np.nan
+    if scale > 1:
+        h, w = (raw.shape[0] // scale) * scale, (raw.shape[1] // scale) * scale
+        size = (w // scale, h // scale)
+        left = cv2.resize(left[:h, :w], size, interpolation=cv2.INTER_AREA)
+        right = cv2.resize(right[:h, :w], size, interpolation=cv2.INTER_AREA)
+        disparity = disparity[:h:scale, :w:scale] / float(scale)
+    height, width = disparity.shape
+    focal = _ALOE_FULL_FOCAL / scale
+    camera = StereoCamera(
+        fx=focal, fy=focal, cx=(width - 1) / 2.0, cy=(height - 1) / 2.0, baseline=_ALOE_BASELINE_M,
+        doffs=0.0, width=width, height=height,
+    )
+    return GTSample(name="aloe", left=left, right=right, disparity=np.ascontiguousarray(disparity), camera=camera)
+
+
+_BUNDLED = {"motorcycle": load_motorcycle, "aloe": load_aloe}
+
+
 def load_gt_folder(root: str | Path) -> GTDataset:
     """Opens a Middlebury scene, a folder of Middlebury scenes, or a KITTI 2012/2015 folder (see module doc)."""
     root = Path(root)
@@ -427,7 +474,26 @@ def load_gt_folder(root: str | Path) -> GTDataset:
 
 
 def load_gt_dataset(spec: str | Path) -> GTDataset:
-    """``"motorcycle"`` (bundled with scikit-image) or a folder accepted by :func:`load_gt_folder`."""
-    if str(spec) == "motorcycle" and not Path(spec).exists():
-        return GTDataset(["motorcycle"], [load_motorcycle], source="motorcycle")
+    """A bundled real pair, a folder accepted by :func:`load_gt_folder`, or several of them joined by commas.
+
+    Bundled pairs: ``"motorcycle"`` (Middlebury 2014, from scikit-image) and ``"aloe"`` (Middlebury 2006, half
+    size, :func:`load_aloe`); an existing folder of the same name wins. ``"motorcycle,aloe"`` yields both, in
+    that order (``"real"`` is short for it); scene names must not repeat.
+    """
+    text = str(spec)
+    if text == "real" and not Path(text).exists():
+        text = "motorcycle,aloe"
+    if "," in text and not Path(text).exists():
+        parts = [p.strip() for p in text.split(",")]
+        if any(not p for p in parts):
+            raise ValueError(f"empty entry in the dataset list {text!r}")
+        datasets = [load_gt_dataset(p) for p in parts]
+        names = [n for d in datasets for n in d.names]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"dataset list {text!r} names scenes {repeated} more than once")
+        loaders = [lambda d=d, i=i: d[i] for d in datasets for i in range(len(d))]
+        return GTDataset(names, loaders, source=text)
+    if text in _BUNDLED and not Path(text).exists():
+        return GTDataset([text], [_BUNDLED[text]], source=text)
     return load_gt_folder(spec)

@@ -53,6 +53,23 @@ def test_sgbm_on_motorcycle_writes_report_and_pngs(evaluate, tmp_path, capsys):
     assert "sgbm all" in capsys.readouterr().out
 
 
+def test_both_real_pairs_score_per_scene_and_pooled(evaluate, tmp_path, capsys):
+    """--data real = the two bundled real pairs: per-scene entries and a per-scene table beside the pool."""
+    assert evaluate.main(["--method", "sgbm", "--data", "real", "--out", str(tmp_path), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["num_scenes"] == 2 and [s["name"] for s in report["scenes"]] == ["motorcycle", "aloe"]
+    moto, aloe = report["scenes"]
+    assert moto["bad2"] == pytest.approx(20.0, abs=0.3) and aloe["bad2"] == pytest.approx(32.0, abs=0.5)
+    pixels = [s["n_pixels"] for s in report["scenes"]]
+    pooled = (moto["bad2"] * pixels[0] + aloe["bad2"] * pixels[1]) / sum(pixels)
+    assert report["bad2"] == pytest.approx(pooled, abs=0.01)
+    assert (tmp_path / "aloe_side_by_side.png").is_file()
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.startswith("scene"))) + 1 :]
+    assert table[0].startswith("motorcycle") and f"{moto['bad2']:.2f}" in table[0]
+    assert table[1].startswith("aloe") and f"{aloe['noc']['bad2']:.2f}" in table[1]
+
+
 class _FakeRunner:
     """Stands in for a network: ground truth plus noise, with holes where GT is unknown filled at 30 px."""
 

@@ -5,7 +5,7 @@
     python training/evaluate.py --checkpoint weights/m2s_rt.safetensors --data ~/middlebury/trainingQ --out eval/
     python training/evaluate.py --method sgbm --data ~/kitti2015 --out eval_sgbm/
 
---data is "motorcycle" (bundled, no download), a Middlebury-2014 scene folder (im0.png, im1.png,
+--data is "motorcycle" or "aloe" (real pairs bundled, no download; "real" = both), a Middlebury-2014 scene folder (im0.png, im1.png,
 disp0GT.pfm, calib.txt), a folder of such scenes, or a KITTI 2012/2015 folder. Writes OUT/report.json:
 epe, bad1, bad2, bad3, d1_all, density over all ground-truth-valid pixels (holes count as errors), the
 same under "noc" (pixels visible in both views), "edge" / "interior" (within 2 px of a ground-truth depth
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint", help="model file (.safetensors, .onnx, .engine); default: the shipped weights"
     )
-    parser.add_argument("--data", help='"motorcycle" or a Middlebury / KITTI folder (required)')
+    parser.add_argument("--data", help='"motorcycle", "aloe", "real" (both), a Middlebury / KITTI folder, or a comma-separated list (required)')
     parser.add_argument("--out", type=Path, help="output folder for report.json and PNGs (required)")
     parser.add_argument(
         "--method",
@@ -187,8 +187,29 @@ def main(argv: list[str] | None = None) -> int:
                 f"{region:<13}: {args.method} bad2 {bad2(report[region])}  sgbm bad2 {bad2(report['compare'][region])}"
                 + (f"  ({share:.1f} % of the 'both' pixels lie within 2 px of a depth edge)" if region == "both_edge" else "")
             )
+    if len(report["scenes"]) > 1:
+        print_scene_table(report["scenes"], method=args.method)
     print(f"report: {args.out / 'report.json'}")
     return 0
+
+
+def print_scene_table(scenes: list[dict], *, method: str) -> None:
+    """One line per scene: bad-2 % all / non-occluded / where both predict, and the comparison's."""
+
+    def pct(section: dict | None, key: str = "bad2") -> str:
+        value = None if section is None else section.get(key)
+        return "-" if value is None else f"{value:.2f}"
+
+    width = max(len("scene"), *(len(s["name"]) for s in scenes))
+    compare = any("compare" in s for s in scenes)
+    header = f"{'scene':<{width}}  {method} bad2 all / noc" + (" / both   sgbm all / noc / both" if compare else "")
+    print(header)
+    for s in scenes:
+        line = f"{s['name']:<{width}}  {pct(s)} / {pct(s.get('noc'))}"
+        if compare:
+            c = s.get("compare", {})
+            line += f" / {pct(s.get('both'))}   {pct(c.get('all'))} / {pct(c.get('noc'))} / {pct(c.get('both'))}"
+        print(line)
 
 
 if __name__ == "__main__":
