@@ -137,6 +137,17 @@ def test_torch_and_onnxruntime_agree_on_motorcycle(rt_model, rt_onnx, motorcycle
     np.testing.assert_allclose(spinning(left, right)[0], ort_disp, atol=1e-4)
 
 
+def test_lr_check_agrees_between_torch_and_onnxruntime(rt_model, rt_onnx, motorcycle):
+    """The second, mirrored pass goes through each backend's own infer(): same result on both."""
+    left, right = motorcycle
+    torch_runner, ort_runner = TorchRunner(rt_model, device="cpu"), OnnxRunner(rt_onnx)
+    torch_runner.lr_check = ort_runner.lr_check = True
+    (td, tc), (od, oc) = torch_runner(left, right), ort_runner(left, right)
+    # A pixel right at the 2 px tolerance may flip between backends; nothing else may differ.
+    assert np.mean(np.abs(td - od) > 0.01) < 0.005 and np.mean((tc == 0) != (oc == 0)) < 0.005
+    assert 0.02 < np.mean(oc == 0) < 0.3
+
+
 def test_resize_path_rescales_disparity_to_input_pixels():
     class ConstantDisparity(nn.Module):
         """Reports 10 network pixels everywhere: the runner must turn that into 10 * W / Wn input pixels."""

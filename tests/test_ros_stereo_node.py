@@ -306,6 +306,47 @@ def test_parameters_are_validated(stereo, client):
     assert good.successful
 
 
+def test_lr_check_switches_at_run_time_and_publishes_what_the_runner_computes(stereo, client, diagnostics, model):
+    """lr_check on: the node's disparity and confidence are the runner's two-pass result (same model, same
+    pair, in this process); /diagnostics says so; off again afterwards."""
+    from mono2stereo_core.inference.runner import load_runner
+
+    proc, rig = stereo
+    node = f"{NS}/stereo_node"
+    want_d, want_c = load_runner(str(model), backend="torch", lr_check=True)(rig.left_rgb, rig.right_rgb)
+    plain_d, _ = load_runner(str(model), backend="torch")(rig.left_rgb, rig.right_rgb)
+    filled = want_c == 0
+    # The check does something on this pair (a random network: most pixels are unconfirmed, not all).
+    assert 0 < filled.mean() < 1 and not np.allclose(want_d[filled], plain_d[filled])
+    received, subs = subscribe_outputs(client, NS)
+    try:
+        (ok,) = set_parameters(client, node, {"lr_check": True})
+        assert ok.successful, ok.reason
+        wait_for_publishers_to_see(client, NS, ["disparity", "confidence"])
+        stamp_ns = rig.send_pair()
+
+        def arrived(topic):
+            return [m for m in received[topic] if stamp_to_ns(m.header.stamp) == stamp_ns]
+
+        assert wait_until(lambda: arrived("disparity") and arrived("confidence"), timeout=30), proc.log()
+        disp_msg, conf_msg = arrived("disparity")[-1], arrived("confidence")[-1]
+        d = decode_image(
+            encoding="32FC1", height=HEIGHT, width=WIDTH, step=disp_msg.image.step, data=disp_msg.image.data
+        ) - disp_msg.min_disparity
+        conf = decode_image(encoding="32FC1", height=HEIGHT, width=WIDTH, step=conf_msg.step, data=conf_msg.data)
+        # Another process may use other thread counts: a pixel right at the tolerance can flip, nothing more.
+        assert ((conf == 0) == filled).mean() > 0.99
+        shown = np.isfinite(d)
+        assert shown.mean() > 0.5
+        assert (np.abs(d[shown] - want_d[shown]) < 1e-2).mean() > 0.99
+        assert wait_until(lambda: latest_diag(diagnostics, "stereo_node")[2].get("lr_check") == "True", timeout=10)
+    finally:
+        (off,) = set_parameters(client, node, {"lr_check": False})
+        assert off.successful
+        for sub in subs:
+            client.node.destroy_subscription(sub)
+
+
 def test_latest_frame_wins_and_stale_frames_are_counted(stereo, client, diagnostics):
     proc, rig = stereo
     received, subs = subscribe_outputs(client, NS)

@@ -82,6 +82,7 @@ PARAMETERS: dict[str, tuple] = {
     "min_depth": (0.1, "Depth/points closer than this (m) are NaN", "< max_depth", _floats(0.0, 1000.0), False),
     "max_depth": (50.0, "Depth/points farther than this (m) are NaN", "> min_depth", _floats(0.01, 10000.0), False),
     "confidence_threshold": (0.0, "Pixels with confidence below this are invalid in disparity, depth and points", "", _floats(0.0, 1.0), False),
+    "lr_check": (False, "Left-right consistency check: a second, mirrored network pass; pixels the right view does not confirm (occlusions, left border) get the background's disparity and confidence 0 (drop them with confidence_threshold > 0). More accurate, twice the inference time", "", None, False),
     "publish_points": (True, "Compute and publish points2 (when subscribed)", "", None, False),
     "points_decimation": (1, "Keep every n-th row and column in points2 (organized cloud of H/n x W/n)", "", _ints(1, 16), False),
     "qos_reliability": ("reliable", "Input subscription reliability", f"one of {RELIABILITY_CHOICES}", None, True),
@@ -104,6 +105,7 @@ class Settings:
     min_depth: float
     max_depth: float
     confidence_threshold: float
+    lr_check: bool
     publish_points: bool
     points_decimation: int
 
@@ -165,7 +167,10 @@ class StereoNode(Node):
                 backend=values["backend"],
                 precision=values["precision"],
                 input_size=input_size,
+                lr_check=values["lr_check"],
             )
+        elif values["lr_check"] and not hasattr(runner, "lr_check"):
+            raise ValueError(f"stereo_node: lr_check needs a StereoRunner; the injected {type(runner).__name__} has none")
         self._runner = runner
         self.backend = str(getattr(runner, "backend", "unknown"))
         self.get_logger().info(f"inference: {getattr(runner, 'description', self.backend)}")
@@ -253,6 +258,8 @@ class StereoNode(Node):
         values = {name: self.get_parameter(name).value for name in PARAMETERS}
         values.update({p.name: p.value for p in parameters if p.name in PARAMETERS})
         problem = validate_parameters(values)
+        if not problem and values["lr_check"] and not hasattr(self._runner, "lr_check"):
+            problem = f"lr_check needs a StereoRunner; this node runs a {type(self._runner).__name__}"
         if problem:
             return SetParametersResult(successful=False, reason=problem)
         self._settings = _settings_from(values)
@@ -343,6 +350,8 @@ class StereoNode(Node):
             right_topic=self._right_info_topic,
         )
         settings = self._settings
+        if getattr(self._runner, "lr_check", settings.lr_check) != settings.lr_check:
+            self._runner.lr_check = settings.lr_check
 
         start_cpu = time.thread_time()
         start = time.perf_counter()
@@ -478,6 +487,7 @@ class StereoNode(Node):
         overhead_cpu = self._overhead_cpu.summary_ms()
         values = {
             "backend": self.backend,
+            "lr_check": bool(getattr(self._runner, "lr_check", False)),
             "synchronizer": self._sync.implementation,
             "allocator": self.allocator,
             "input_rate_hz": self._input_rate.rate_hz(),
@@ -539,6 +549,7 @@ def _settings_from(values: dict) -> Settings:
         min_depth=float(values["min_depth"]),
         max_depth=float(values["max_depth"]),
         confidence_threshold=float(values["confidence_threshold"]),
+        lr_check=bool(values["lr_check"]),
         publish_points=bool(values["publish_points"]),
         points_decimation=int(values["points_decimation"]),
     )
