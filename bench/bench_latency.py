@@ -12,6 +12,10 @@ matching exactly as ROS 2 ``stereo_image_proc`` runs them with its default param
 (``stereo_image_proc_disparity``: MODE_SGBM or StereoBM, mono8, 15 px window). Latency is the whole ``runner(left, right)`` call: validation, resize/pad,
 inference and mapping back, i.e. what the ROS node pays per frame. Weights: ``weights/<model>.safetensors``
 when present, else random initialisation (identical latency: same graph, same shapes).
+
+A model may carry inference options: ``NAME@S`` runs the network on the pair resized by S (the runner's
+``input_scale``; ONNX exported at the scaled size, so every frame is resized to it), ``NAME+lr`` adds the
+left-right consistency check (a second, mirrored pass), e.g. ``--models m2s_rt m2s_rt@1.5 m2s_rt+lr``.
 """
 
 from __future__ import annotations
@@ -86,10 +90,32 @@ def time_call(fn, *, min_iterations: int, max_seconds: float, warmup: int = 2) -
     return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "iterations": len(times)}
 
 
+def parse_model(spec: str) -> tuple[str, float, bool]:
+    """``NAME[@SCALE][+lr]`` -> (name, input scale, lr_check)."""
+    name, lr = (spec[: -len("+lr")], True) if spec.endswith("+lr") else (spec, False)
+    scale = 1.0
+    if "@" in name:
+        name, text = name.split("@", 1)
+        try:
+            scale = float(text)
+        except ValueError:
+            raise SystemExit(f"bench_latency.py: bad input scale in model {spec!r} (NAME[@SCALE][+lr])") from None
+        if not 0.25 <= scale <= 4.0:
+            raise SystemExit(f"bench_latency.py: input scale of {spec!r} must be in [0.25, 4]")
+    return name, scale, lr
+
+
+def scaled_size(width: int, height: int, scale: float, stride: int = 8) -> tuple[int, int]:
+    """The network input size for ``scale``: as the runner's input_scale computes it."""
+    up = lambda v: -(-max(1, round(v * scale)) // stride) * stride  # noqa: E731
+    return (width, height) if scale == 1.0 else (up(width), up(height))
+
+
 def model_max_disparity(model: str) -> int:
     """``model``: a variant name (``m2s_rt``) or the stem of a file shipped in weights/ (``m2s_rt_fast``)."""
     from mono2stereo_core.models import build_model, read_sidecar
 
+    model = parse_model(model)[0]
     shipped = REPO / "weights" / f"{model}.safetensors"
     if shipped.is_file():
         return int(read_sidecar(shipped)["architecture"]["max_disparity"])
@@ -144,9 +170,11 @@ def run_one(config: dict) -> dict:
         from mono2stereo_core.inference import load_runner
 
         workdir = Path(config["workdir"])
-        path, weights = model_file(config["model"], config["backend"], width=width, height=height, workdir=workdir)
+        name, scale, lr_check = parse_model(config["model"])
+        net_w, net_h = scaled_size(width, height, scale)
+        path, weights = model_file(name, config["backend"], width=net_w, height=net_h, workdir=workdir)
         base_rss = proc_status_kib("VmRSS")
-        runner = load_runner(path, backend=config["backend"], input_size=(width, height))
+        runner = load_runner(path, backend=config["backend"], input_size=(net_w, net_h), lr_check=lr_check)
 
         def fn():
             return runner(left, right)

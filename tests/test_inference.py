@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -15,6 +16,7 @@ from torch import nn
 from mono2stereo_core.inference import load_runner, resolve_model_path, runner
 from mono2stereo_core.inference.export import export_onnx
 from mono2stereo_core.inference.onnx_runner import OnnxRunner
+from mono2stereo_core.inference.preprocess import to_network
 from mono2stereo_core.inference.torch_runner import TorchRunner
 from mono2stereo_core.models import build_model, save_checkpoint
 
@@ -146,6 +148,45 @@ def test_lr_check_agrees_between_torch_and_onnxruntime(rt_model, rt_onnx, motorc
     # A pixel right at the 2 px tolerance may flip between backends; nothing else may differ.
     assert np.mean(np.abs(td - od) > 0.01) < 0.005 and np.mean((tc == 0) != (oc == 0)) < 0.005
     assert 0.02 < np.mean(oc == 0) < 0.3
+
+
+def test_input_scale_runs_the_network_on_the_resized_pair_and_maps_back(tiny_checkpoint, motorcycle, rt_onnx):
+    left, right = motorcycle  # 500 x 741
+    runner = load_runner(tiny_checkpoint, backend="torch", input_scale=1.5)
+    assert runner.input_scale == 1.5 and "input scale 1.5" in runner.description
+    plan = runner.plan(height=500, width=741)
+    assert (plan.net_height, plan.net_width) == (752, 1112)  # 750 and 1111.5 rounded up to the stride 8
+    assert plan.disparity_scale == pytest.approx(741 / 1112)
+    seen = []
+    infer = runner.infer
+    runner.infer = lambda a, b: seen.append(a.shape) or infer(a, b)  # noqa: E731
+    disparity, confidence = runner(left, right)
+    assert seen == [(1, 3, 752, 1112)] and disparity.shape == confidence.shape == (500, 741)
+    # Network pixels -> input pixels: the same network output, scaled by the width ratio.
+    net_disparity, _ = infer(*to_network(left, right, plan))
+    expected = cv2.resize(net_disparity[0, 0], (741, 500), interpolation=cv2.INTER_LINEAR) * (741 / 1112)
+    np.testing.assert_allclose(disparity, expected, rtol=1e-5, atol=1e-5)
+    assert runner.max_disparity_at(width=741) == pytest.approx(64 * 741 / 1112)
+    with pytest.raises(ValueError, match="input_scale must be in"):
+        load_runner(tiny_checkpoint, backend="torch", input_scale=5)
+    with pytest.raises(ValueError, match="export it at the scaled size"):
+        load_runner(rt_onnx, backend="onnxruntime", input_scale=1.5)
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="weights/m2s_rt.safetensors not in this checkout")
+def test_input_scale_one_and_a_half_is_more_accurate_on_the_real_pairs():
+    """The documented trade (docs/inference.md, 'Inference scale'): the shipped network at 1.5x input has
+    clearly fewer bad pixels on both real pairs than at 1x."""
+    from mono2stereo_core.datasets_gt import load_gt_dataset
+    from mono2stereo_core.evaluation import evaluate_disparity
+
+    plain = load_runner(SHIPPED, backend="torch")
+    scaled = load_runner(SHIPPED, backend="torch", input_scale=1.5)
+    for sample in load_gt_dataset("real"):
+        base = evaluate_disparity(plain(sample.left, sample.right)[0], sample.disparity)
+        better = evaluate_disparity(scaled(sample.left, sample.right)[0], sample.disparity)
+        assert better["all"].bad2 < base["all"].bad2 - 2.0, (sample.name, base["all"].bad2, better["all"].bad2)
+        assert better["noc"].bad2 < base["noc"].bad2 - 1.5, sample.name
 
 
 def test_resize_path_rescales_disparity_to_input_pixels():

@@ -612,6 +612,7 @@ def test_node_runs_an_exported_onnx_model(model, client, diagnostics, tmp_path):
         ({"points_decimation": 0}, "points_decimation out of range"),
         ({"min_depth": 60.0}, "min_depth must be < max_depth"),
         ({"model_path": "/nonexistent/model.onnx"}, "/nonexistent/model.onnx does not exist"),
+        ({"input_scale": 1.5, "input_width": 184, "input_height": 128}, "set input_scale (1.5) or input_width"),
     ],
 )
 def test_bad_configuration_exits_with_a_clear_message(model, params, message, tmp_path):

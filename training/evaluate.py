@@ -72,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto")
     parser.add_argument(
+        "--input-scale",
+        type=float,
+        default=1.0,
+        help="run the network on each pair resized by this factor (torch backend; default 1; see "
+        "docs/inference.md, 'Inference scale')",
+    )
+    parser.add_argument(
         "--lr-check",
         action="store_true",
         help="left-right consistency check with background fill (a second, mirrored network pass; see "
@@ -94,8 +101,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.compare = "sgbm" if args.method == "ours" else "none"
     if args.method == "sgbm" and args.compare == "sgbm":
         parser.error("--method sgbm --compare sgbm compares SGBM with itself; use --compare none")
-    if args.lr_check and args.method != "ours":
-        parser.error(f"--lr-check applies to the network (--method ours), not to --method {args.method}")
+    if (args.lr_check or args.input_scale != 1.0) and args.method != "ours":
+        parser.error(f"--lr-check and --input-scale apply to the network (--method ours), not to --method {args.method}")
     if args.max_disparity is not None and not args.max_disparity > 0:
         parser.error(f"--max-disparity must be positive, instead got {args.max_disparity}")
     return args
@@ -138,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             info["checkpoint"] = str(resolve_model_path(args.checkpoint))
-            runner = load_runner(args.checkpoint, backend=args.backend, lr_check=args.lr_check)
+            runner = load_runner(
+                args.checkpoint, backend=args.backend, lr_check=args.lr_check, input_scale=args.input_scale
+            )
         except (FileNotFoundError, ValueError, RuntimeError) as exc:
             print(f"evaluate.py: cannot load the model: {exc}", file=sys.stderr)
             return 2

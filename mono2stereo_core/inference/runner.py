@@ -16,6 +16,7 @@ from mono2stereo_core.inference.preprocess import (
     InputPlan,
     from_network,
     plan_input,
+    round_up,
     to_network,
     validate_pair,
 )
@@ -65,8 +66,19 @@ class StereoRunner(abc.ABC):
         self.description = description
         self.allow_float = allow_float
 
+    # Shape-flexible backends only (input_size None): run the network on the pair resized by this factor and
+    # map the disparity back. > 1 gives the network more pixels per scene detail: on the real pairs 1.5 cut
+    # bad-2 by a quarter at 2.25x the cost (docs/inference.md, "Inference scale"). load_runner(input_scale=).
+    input_scale: float = 1.0
+
     def plan(self, *, height: int, width: int) -> InputPlan:
-        return plan_input(height=height, width=width, stride=self.stride, input_size=self.input_size)
+        size = self.input_size
+        if size is None and self.input_scale != 1.0:
+            size = (
+                round_up(max(1, round(width * self.input_scale)), self.stride),
+                round_up(max(1, round(height * self.input_scale)), self.stride),
+            )
+        return plan_input(height=height, width=width, stride=self.stride, input_size=size)
 
     def max_disparity_at(self, *, width: int) -> float:
         """The largest disparity the network can report, in pixels of an image ``width`` wide."""
@@ -207,6 +219,7 @@ def load_runner(
     engine_cache_dir: str | os.PathLike | None = None,
     allow_float: bool = False,
     lr_check: bool = False,
+    input_scale: float = 1.0,
 ) -> StereoRunner:
     """Loads a model file into the best (or the requested) backend.
 
@@ -224,7 +237,12 @@ def load_runner(
         lr_check: left-right consistency check with background fill (:mod:`.consistency`): a second network
             pass on the mirrored pair; pixels the right view does not confirm get the background's disparity
             and confidence 0. More accurate in occlusions and at the left border, twice the network time.
+        input_scale: run a shape-flexible backend (torch) on the pair resized by this factor (0.25-4);
+            the cost grows with its square. Static-shape models (ONNX, engines) get the same effect by being
+            exported at the larger size (``input_size`` then resizes every image to it).
     """
+    if not 0.25 <= float(input_scale) <= 4.0:
+        raise ValueError(f"input_scale must be in [0.25, 4], instead got {input_scale}")
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be 'fp32' or 'fp16', instead got {precision!r}")
     path = resolve_model_path(model_path)
@@ -251,6 +269,15 @@ def load_runner(
             cache_dir = Path(engine_cache_dir) if engine_cache_dir is not None else default_engine_cache_dir()
             path = build_or_reuse(path, cache_dir=cache_dir, precision=precision)
         runner = TensorRTRunner(path, input_size=input_size, allow_float=allow_float)
+    if float(input_scale) != 1.0:
+        if runner.input_size is not None:
+            raise ValueError(
+                f"input_scale={input_scale} needs a shape-flexible backend (torch without input_size); this "
+                f"{runner.backend} model runs at a fixed {runner.input_size[0]}x{runner.input_size[1]}: export it "
+                "at the scaled size instead (training/export.py --width W --height H)"
+            )
+        runner.input_scale = float(input_scale)
+        runner.description += f", input scale {float(input_scale):g}"
     if lr_check:
         runner.lr_check = True
         runner.description += ", left-right check + background fill (2 passes)"
