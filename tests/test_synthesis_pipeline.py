@@ -221,6 +221,35 @@ def test_augmentation_is_asymmetric_seeded_and_crops(scene):
     assert (recon - geo["left"]).abs().amax(1, keepdim=True)[ok].mean() < 0.04
 
 
+def test_sharpening_is_drawn_last_applies_one_mask_to_both_views_and_adds_detail(scene):
+    batch = synthesize_batch(
+        _t(scene.left).repeat(4, 1, 1, 1),
+        torch.from_numpy(scene.disparity)[None, None].repeat(4, 1, 1, 1),
+        config=SynthesisConfig(sharpen=False),
+    )
+    batch["right"] = batch["left"].clone()  # identical views: any difference would come from the augmentation
+    base = AugmentConfig(**NO_PHOTOMETRIC, flip_prob=0.5, crop=(128, 200))
+    plain = augment_pair(batch, config=base, generator=torch.Generator().manual_seed(5))
+    sharp = augment_pair(
+        batch, config=AugmentConfig(**{**base.__dict__, "sharpen_prob": 1.0}), generator=torch.Generator().manual_seed(5)
+    )
+    # Same flips and crops (its draws come after every other), so old recipes draw the same numbers.
+    assert torch.equal(plain["disparity"], sharp["disparity"]) and torch.equal(plain["valid"], sharp["valid"])
+    # One camera: the same unsharp mask on both views of a pair (identical views stay identical; a mirrored
+    # rig of identical views is again identical).
+    assert torch.equal(plain["left"], plain["right"]) and torch.equal(sharp["left"], sharp["right"])
+
+    def detail(x):  # high-frequency energy: mean absolute Laplacian
+        lap = x[..., 1:-1, 2:] + x[..., 1:-1, :-2] + x[..., 2:, 1:-1] + x[..., :-2, 1:-1] - 4 * x[..., 1:-1, 1:-1]
+        return lap.abs().mean().item()
+
+    assert detail(sharp["left"]) > 1.2 * detail(plain["left"])
+    assert abs(sharp["left"].mean().item() - plain["left"].mean().item()) < 0.01
+    assert 0.0 <= sharp["left"].min() and sharp["left"].max() <= 1.0
+    with pytest.raises(ValueError, match="sharpen_prob must be a probability"):
+        AugmentConfig(sharpen_prob=1.5)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_pipeline_matches_cpu(motorcycle):

@@ -15,6 +15,13 @@ Geometric changes keep the stereo geometry valid:
   disparity would produce a rig with the right camera on the left, which no deployed camera has.
 - Optional vertical jitter shifts the right view by a sub-pixel amount to mimic imperfect rectification;
   labels are not changed (the network should tolerate, not model, it).
+
+Optional sharpening (``sharpen_prob``, off by default): an unsharp mask on both views of a pair, as camera
+ISPs apply it. Rendered scenes are smoother than real camera images (mip-mapped textures, supersampled
+edges); the sixth session measured the shipped network getting *worse* on the real pairs when they were
+sharpened and better when they were slightly smoothed, and worse on renders when they were smoothed: it had
+learnt the renders' sharpness. Drawn after every other random choice, so recipes without it draw the same
+random numbers as before it existed.
 """
 
 from __future__ import annotations
@@ -57,6 +64,9 @@ class AugmentConfig:
     crop: tuple[int, int] | None = None
     vertical_jitter_prob: float = 0.0
     vertical_jitter_px: float = 0.5
+    sharpen_prob: float = 0.0
+    sharpen_amount: tuple[float, float] = (0.3, 1.5)
+    sharpen_sigma: tuple[float, float] = (0.6, 1.2)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -244,7 +254,21 @@ def augment_pair(
         )
         if bool((jitter != 0).any()):
             out["right"] = _shift_rows(out["right"], jitter.to(device, dtype))
+    if config.sharpen_prob > 0:
+        chosen = torch.rand(n, generator=generator) < config.sharpen_prob
+        amount = torch.where(chosen, _uniform(config.sharpen_amount, (n,), generator), 0.0)
+        sigma = torch.where(chosen, _uniform(config.sharpen_sigma, (n,), generator), 0.0)
+        if bool(chosen.any()):
+            # One camera model for both views: the same unsharp mask on each.
+            out["left"] = _unsharp(out["left"], amount.to(device, dtype), sigma)
+            out["right"] = _unsharp(out["right"], amount.to(device, dtype), sigma)
     return out
+
+
+def _unsharp(image: torch.Tensor, amount: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``image + amount * (image - blur(image, sigma))`` per sample, clamped to [0, 1] (amount 0 = unchanged)."""
+    n = image.shape[0]
+    return (image + amount.view(n, 1, 1, 1) * (image - _gaussian_blur(image, sigma))).clamp(0, 1)
 
 
 def _shift_rows(image: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
