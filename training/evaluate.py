@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1.0,
         help="run the network on each pair resized by this factor (torch backend; default 1; see "
-        "docs/inference.md, 'Inference scale')",
+        "docs/inference.md, 'Accuracy options')",
     )
     parser.add_argument(
         "--lr-check",

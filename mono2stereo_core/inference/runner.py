@@ -68,7 +68,7 @@ class StereoRunner(abc.ABC):
 
     # Shape-flexible backends only (input_size None): run the network on the pair resized by this factor and
     # map the disparity back. > 1 gives the network more pixels per scene detail: on the real pairs 1.5 cut
-    # bad-2 by a quarter at 2.25x the cost (docs/inference.md, "Inference scale"). load_runner(input_scale=).
+    # bad-2 by a quarter at 2.25x the cost (docs/inference.md, "Accuracy options"). load_runner(input_scale=).
     input_scale: float = 1.0
 
     def plan(self, *, height: int, width: int) -> InputPlan:
