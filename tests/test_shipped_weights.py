@@ -15,12 +15,14 @@ def _sha256(path: Path) -> str:
 
 
 # The default model and the CPU-latency variant shipped beside it, each with its recipes after the three
-# stages they share (the fourth session's GPU stages last).
+# stages they share (the fourth session's GPU stages), then the conversion that dropped the full-resolution
+# edge stage (fifth session), then, for m2s_rt, the sixth session's CPU stage with the sharpening augmentation.
 SHIPPED = ("m2s_rt", "m2s_rt_fast")
 OWN_RECIPES = {
     "m2s_rt": ("config/train/pretrain_rt_gpu.yaml",),
     "m2s_rt_fast": ("config/train/pretrain_rt_fast.yaml", "config/train/pretrain_rt_fast_gpu.yaml"),
 }
+AFTER_CONVERSION = {"m2s_rt": ("config/train/pretrain_rt_cpu7.yaml",), "m2s_rt_fast": ()}
 
 
 @pytest.mark.parametrize("stem", SHIPPED)
@@ -33,11 +35,12 @@ def test_sidecar_describes_the_shipped_file(stem):
         "config/train/pretrain_rt_continue.yaml",
         "config/train/pretrain_rt_long.yaml",
         *OWN_RECIPES[stem],
+        *AFTER_CONVERSION[stem],
     ):
         assert recipe in sidecar["reproduce"] and (WEIGHTS.parent / recipe).is_file()
     # The stages run in order, the model's own ones after the shared three, then the conversion that dropped
-    # the full-resolution edge stage (fifth session: it made both evaluation sets worse).
-    order = ["config/train/pretrain_rt_long.yaml", *OWN_RECIPES[stem], "training/convert.py"]
+    # the full-resolution edge stage (fifth session: it made both evaluation sets worse), then later stages.
+    order = ["config/train/pretrain_rt_long.yaml", *OWN_RECIPES[stem], "training/convert.py", *AFTER_CONVERSION[stem]]
     positions = [sidecar["reproduce"].index(recipe) for recipe in order]
     assert positions == sorted(positions), positions
     assert (WEIGHTS / f"{stem}.safetensors").stat().st_size < 20e6
@@ -45,7 +48,12 @@ def test_sidecar_describes_the_shipped_file(stem):
     architecture = sidecar["architecture"]
     assert all(architecture.get(k) == v for k, v in fast.items()) == (stem == "m2s_rt_fast")
     assert architecture.get("edge_refinement") is False
-    assert sidecar["converted_from"]["settings"] == {"edge_refinement": False}
+    if AFTER_CONVERSION[stem]:
+        # Trained after the conversion: the last stage's recipe is in the sidecar, sharpening included.
+        assert sidecar["training"]["recipe"]["data"]["augment"]["sharpen_prob"] == 0.5
+        assert sidecar["training"]["recipe"]["optim"]["freeze_batchnorm"] is True
+    else:
+        assert sidecar["converted_from"]["settings"] == {"edge_refinement": False}
 
 
 @pytest.mark.parametrize("stem", SHIPPED)
