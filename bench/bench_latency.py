@@ -36,6 +36,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mono2stereo_core.inference.preprocess import check_input_scale, scaled_input_size  # noqa: E402
+
 # Classical baselines: backend name -> description. "sgbm" is the one the goal ratio is stated against.
 CLASSICAL = {
     "sgbm": "SGBM 3-way (colour, 5 px window)",
@@ -97,18 +99,10 @@ def parse_model(spec: str) -> tuple[str, float, bool]:
     if "@" in name:
         name, text = name.split("@", 1)
         try:
-            scale = float(text)
-        except ValueError:
-            raise SystemExit(f"bench_latency.py: bad input scale in model {spec!r} (NAME[@SCALE][+lr])") from None
-        if not 0.25 <= scale <= 4.0:
-            raise SystemExit(f"bench_latency.py: input scale of {spec!r} must be in [0.25, 4]")
+            scale = check_input_scale(float(text))
+        except ValueError as exc:
+            raise SystemExit(f"bench_latency.py: model {spec!r} (NAME[@SCALE][+lr]): {exc}") from None
     return name, scale, lr
-
-
-def scaled_size(width: int, height: int, scale: float, stride: int = 8) -> tuple[int, int]:
-    """The network input size for ``scale``: as the runner's input_scale computes it."""
-    up = lambda v: -(-max(1, round(v * scale)) // stride) * stride  # noqa: E731
-    return (width, height) if scale == 1.0 else (up(width), up(height))
 
 
 def model_max_disparity(model: str) -> int:
@@ -171,7 +165,8 @@ def run_one(config: dict) -> dict:
 
         workdir = Path(config["workdir"])
         name, scale, lr_check = parse_model(config["model"])
-        net_w, net_h = scaled_size(width, height, scale)
+        # The size the runner's input_scale would run at (every m2s network's stride is 8).
+        net_w, net_h = scaled_input_size(height=height, width=width, scale=scale, stride=8)
         path, weights = model_file(name, config["backend"], width=net_w, height=net_h, workdir=workdir)
         base_rss = proc_status_kib("VmRSS")
         runner = load_runner(path, backend=config["backend"], input_size=(net_w, net_h), lr_check=lr_check)

@@ -41,6 +41,26 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+INPUT_SCALE_RANGE = (0.25, 4.0)
+
+
+def check_input_scale(scale: float) -> float:
+    """``scale`` as a float, or ``ValueError`` outside :data:`INPUT_SCALE_RANGE`."""
+    lo, hi = INPUT_SCALE_RANGE
+    if not lo <= float(scale) <= hi:
+        raise ValueError(f"input_scale must be in [{lo:g}, {hi:g}], instead got {scale}")
+    return float(scale)
+
+
+def scaled_input_size(*, height: int, width: int, scale: float, stride: int) -> tuple[int, int]:
+    """The network size ``(W, H)`` for an image resized by ``scale``: each side rounded, then up to ``stride``."""
+    scale = check_input_scale(scale)
+    return (
+        round_up(max(1, round(width * scale)), stride),
+        round_up(max(1, round(height * scale)), stride),
+    )
+
+
 def validate_image(image, *, name: str, allow_float: bool = False) -> np.ndarray:
     """Checks one image and returns it as a contiguous ``H x W x 3`` array.
 

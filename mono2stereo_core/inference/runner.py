@@ -14,9 +14,10 @@ import numpy as np
 from mono2stereo_core.inference.consistency import lr_check_fill
 from mono2stereo_core.inference.preprocess import (
     InputPlan,
+    check_input_scale,
     from_network,
     plan_input,
-    round_up,
+    scaled_input_size,
     to_network,
     validate_pair,
 )
@@ -74,10 +75,7 @@ class StereoRunner(abc.ABC):
     def plan(self, *, height: int, width: int) -> InputPlan:
         size = self.input_size
         if size is None and self.input_scale != 1.0:
-            size = (
-                round_up(max(1, round(width * self.input_scale)), self.stride),
-                round_up(max(1, round(height * self.input_scale)), self.stride),
-            )
+            size = scaled_input_size(height=height, width=width, scale=self.input_scale, stride=self.stride)
         return plan_input(height=height, width=width, stride=self.stride, input_size=size)
 
     def max_disparity_at(self, *, width: int) -> float:
@@ -241,8 +239,7 @@ def load_runner(
             the cost grows with its square. Static-shape models (ONNX, engines) get the same effect by being
             exported at the larger size (``input_size`` then resizes every image to it).
     """
-    if not 0.25 <= float(input_scale) <= 4.0:
-        raise ValueError(f"input_scale must be in [0.25, 4], instead got {input_scale}")
+    input_scale = check_input_scale(input_scale)
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be 'fp32' or 'fp16', instead got {precision!r}")
     path = resolve_model_path(model_path)
@@ -269,15 +266,15 @@ def load_runner(
             cache_dir = Path(engine_cache_dir) if engine_cache_dir is not None else default_engine_cache_dir()
             path = build_or_reuse(path, cache_dir=cache_dir, precision=precision)
         runner = TensorRTRunner(path, input_size=input_size, allow_float=allow_float)
-    if float(input_scale) != 1.0:
+    if input_scale != 1.0:
         if runner.input_size is not None:
             raise ValueError(
                 f"input_scale={input_scale} needs a shape-flexible backend (torch without input_size); this "
                 f"{runner.backend} model runs at a fixed {runner.input_size[0]}x{runner.input_size[1]}: export it "
                 "at the scaled size instead (training/export.py --width W --height H)"
             )
-        runner.input_scale = float(input_scale)
-        runner.description += f", input scale {float(input_scale):g}"
+        runner.input_scale = input_scale
+        runner.description += f", input scale {input_scale:g}"
     if lr_check:
         runner.lr_check = True
         runner.description += ", left-right check + background fill (2 passes)"

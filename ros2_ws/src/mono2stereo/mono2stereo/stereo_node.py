@@ -171,8 +171,8 @@ class StereoNode(Node):
                 lr_check=values["lr_check"],
                 input_scale=values["input_scale"],
             )
-        elif values["lr_check"] and not hasattr(runner, "lr_check"):
-            raise ValueError(f"stereo_node: lr_check needs a StereoRunner; the injected {type(runner).__name__} has none")
+        elif problem := runner_problem(values, runner):
+            raise ValueError(f"stereo_node: {problem}")
         self._runner = runner
         self.backend = str(getattr(runner, "backend", "unknown"))
         self.get_logger().info(f"inference: {getattr(runner, 'description', self.backend)}")
@@ -259,9 +259,7 @@ class StereoNode(Node):
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         values = {name: self.get_parameter(name).value for name in PARAMETERS}
         values.update({p.name: p.value for p in parameters if p.name in PARAMETERS})
-        problem = validate_parameters(values)
-        if not problem and values["lr_check"] and not hasattr(self._runner, "lr_check"):
-            problem = f"lr_check needs a StereoRunner; this node runs a {type(self._runner).__name__}"
+        problem = validate_parameters(values) or runner_problem(values, self._runner)
         if problem:
             return SetParametersResult(successful=False, reason=problem)
         self._settings = _settings_from(values)
@@ -547,6 +545,13 @@ def validate_parameters(values: dict) -> str:
         )
     if not values["min_depth"] < values["max_depth"]:
         return f"min_depth must be < max_depth, instead got min_depth={values['min_depth']}, max_depth={values['max_depth']}"
+    return ""
+
+
+def runner_problem(values: dict, runner) -> str:
+    """What ``runner`` cannot do that the parameters ask for (an injected runner may be any callable); or ``''``."""
+    if values["lr_check"] and not hasattr(runner, "lr_check"):
+        return f"lr_check needs a StereoRunner; this node runs a {type(runner).__name__}"
     return ""
 
 
