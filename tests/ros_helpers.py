@@ -42,6 +42,13 @@ RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 # In-process clients (RosClient) read discovery settings from this process's environment; the benchmarks
 # import this module outside pytest (no conftest), so it pins discovery to this host itself.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+# The shipped Fast DDS profile (50 ms writer heartbeats) for this process and every node it starts, as
+# docs/ros.md recommends for large images: with Fast DDS's 3 s default, one lost fragment stalls a topic for
+# seconds and the recorder test lost pairs on a loaded CI machine. Set before any participant exists (pytest
+# imports every test module, hence this one, before the first test runs). An explicit setting wins.
+DDS_PROFILE = REPO / "config" / "fastdds_large_images.xml"
+for _variable in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+    os.environ.setdefault(_variable, str(DDS_PROFILE))
 
 
 def ros_env(domain_id: int) -> dict[str, str]:

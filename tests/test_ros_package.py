@@ -51,7 +51,7 @@ def test_colcon_installs_executables_launch_and_config(install):
     share = install / "share" / "mono2stereo"
     for name in LAUNCH_FILES:
         assert (share / "launch" / name).resolve().read_text() == (REPO / "launch" / name).read_text()
-    for name in ("stereo.yaml", "recorder.yaml", "mono2stereo.rviz"):
+    for name in ("stereo.yaml", "recorder.yaml", "mono2stereo.rviz", "fastdds_large_images.xml"):
         assert (share / "config" / name).is_file(), name
     assert (install / "share" / "ament_index" / "resource_index" / "packages" / "mono2stereo").is_file()
     # The installed console script runs with the environment's python (and finds rclpy and the core).

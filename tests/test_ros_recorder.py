@@ -112,7 +112,7 @@ def test_20s_session_at_15hz_640x480_loses_no_pair_and_sigint_finalizes(client, 
         assert wait_until(
             lambda: diagnostics and {kv.key: kv.value for kv in diagnostics[-1].status[0].values}["pairs_written"] == "300",
             timeout=30,
-        ), ({kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else proc.log())
+        ), (str({kv.key: kv.value for kv in diagnostics[-1].status[0].values}) if diagnostics else proc.log())
     finally:
         client.node.destroy_subscription(diag_sub)
         proc.signal(signal.SIGINT)

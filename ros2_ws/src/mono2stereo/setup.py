@@ -33,7 +33,8 @@ setup(
         # Only this package's node configs: config/ also holds training recipes that ROS has no use for.
         (
             f"share/{PACKAGE}/config",
-            _repo_files("config/stereo.yaml") + _repo_files("config/recorder.yaml") + _repo_files("config/*.rviz"),
+            _repo_files("config/stereo.yaml") + _repo_files("config/recorder.yaml") + _repo_files("config/*.rviz")
+            + _repo_files("config/fastdds_large_images.xml"),
         ),
     ],
     install_requires=["setuptools"],

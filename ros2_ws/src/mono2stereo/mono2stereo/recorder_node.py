@@ -326,7 +326,10 @@ class RecorderNode(Node):
         bag = self._bag
         level, message = OK, "recording" if self._recording else "idle"
         if self.dropped_queue_full or self._sync.dropped:
-            level, message = WARN, f"{self.dropped_queue_full} messages dropped (disk too slow), {self._sync.dropped} unpaired"
+            level, message = WARN, (
+                f"{self.dropped_queue_full} messages dropped (write queue full), {self._sync.dropped} unpaired; "
+                "bursty input? see docs/ros.md, 'Large images over DDS'"
+            )
         if bag.write_errors:
             level, message = ERROR, bag.last_error
         values = {
