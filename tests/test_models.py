@@ -324,7 +324,53 @@ def test_network_without_edge_refinement_ends_at_the_convex_upsampling(tmp_path)
     load_network_weights(fresh, save_checkpoint(tmp_path / "old.safetensors", old, sidecar={}))
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval().forward_train(left, right).disparity, b.disparity, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="only 3 -> 1, deconv -> trilinear and true -> false convert"):
+    with pytest.raises(ValueError, match="only 3 -> 1, deconv -> trilinear, true -> false and more refine_iterations convert"):
         convert_state_dict(new.state_dict(), new.config, old.config)
     with pytest.raises(ValueError, match="edge_refinement must be true or false"):
         build_model("m2s_rt", edge_refinement="no")
+
+
+def test_more_refinement_iterations_start_as_copies_and_inference_upsamples_only_the_last(tmp_path):
+    from mono2stereo_core.models import save_checkpoint
+    from mono2stereo_core.models.stereo_net import convert_state_dict
+    from mono2stereo_core.training.trainer import load_network_weights
+
+    old = perturbed_tiny(5)
+    assert old.config["refine_iterations"] == 1
+    new = build_model("m2s_tiny", refine_iterations=2).eval()
+    new.load_state_dict(convert_state_dict(old.state_dict(), old.config, new.config), strict=True)
+    for prefix in ("refinements", "upsample_masks"):
+        first = {k[len(prefix) + 3:]: v for k, v in new.state_dict().items() if k.startswith(f"{prefix}.0.")}
+        second = {k[len(prefix) + 3:]: v for k, v in new.state_dict().items() if k.startswith(f"{prefix}.1.")}
+        assert first and first.keys() == second.keys()
+        assert all(torch.equal(first[k], second[k]) for k in first)
+    left, right = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = old.forward_train(left, right), new.forward_train(left, right)
+        disparity, _ = new(left, right)
+        lean = new.forward_train(left, right, intermediate=False)
+    # The first iteration is the old network's; the copy refines its output once more.
+    torch.testing.assert_close(b.predictions[2], a.predictions[2], rtol=0, atol=0)
+    assert len(b.predictions) == len(a.predictions) + 1 and not torch.equal(b.disparity, a.disparity)
+    # Inference skips the intermediate full-resolution upsampling: same output, fewer MACs.
+    torch.testing.assert_close(disparity, b.disparity, rtol=0, atol=0)
+    assert len(lean.predictions) == len(b.predictions) - 1
+
+    class EveryIteration(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.stride = net, net.stride
+
+        def forward(self, left, right):
+            return self.net.forward_train(left, right).disparity
+
+    # Exactly the first iteration's mask head (two convolutions at 1/2 resolution) is saved.
+    mask_macs = sum(m.weight.numel() for m in new.upsample_masks[0] if isinstance(m, torch.nn.Conv2d)) * 32 * 48
+    assert count_macs(EveryIteration(new), height=64, width=96) - count_macs(new, height=64, width=96) == mask_macs
+    # A warm start converts on load; fewer iterations are refused.
+    fresh = build_model("m2s_tiny", refine_iterations=2)
+    load_network_weights(fresh, save_checkpoint(tmp_path / "old.safetensors", old, sidecar={}))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval().forward_train(left, right).disparity, b.disparity, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="refine_iterations only grows"):
+        convert_state_dict(new.state_dict(), new.config, old.config)

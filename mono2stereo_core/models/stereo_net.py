@@ -285,8 +285,12 @@ class StereoNet(nn.Module):
                 f"instead got {h} x {w}"
             )
 
-    def forward_train(self, left: Tensor, right: Tensor) -> StereoOutput:
-        """Full forward pass returning every intermediate a loss needs; see :class:`StereoOutput`."""
+    def forward_train(self, left: Tensor, right: Tensor, *, intermediate: bool = True) -> StereoOutput:
+        """Full forward pass returning every intermediate a loss needs; see :class:`StereoOutput`.
+
+        ``intermediate=False`` (inference) upsamples only the last refinement iteration to full resolution;
+        ``predictions`` then holds the coarse estimates and the final disparity only.
+        """
         self._check_inputs(left, right)
         h, w = left.shape[-2:]
         n = left.shape[0]
@@ -315,10 +319,12 @@ class StereoNet(nn.Module):
         ]
         disparity2 = F.interpolate(disparity4, scale_factor=2, mode="bilinear", align_corners=False)
         full = predictions[-1]
-        for refine, mask_head in zip(self.refinements, self.upsample_masks):
+        last = len(self.refinements) - 1
+        for i, (refine, mask_head) in enumerate(zip(self.refinements, self.upsample_masks)):
             disparity2, hidden = refine(left2, right2, disparity2, scale=2)
-            full = convex_upsample(disparity2, mask_head(hidden), factor=2)
-            predictions.append(full)
+            if intermediate or i == last:
+                full = convex_upsample(disparity2, mask_head(hidden), factor=2)
+                predictions.append(full)
         final = full
         if self.edge_refinement is not None:
             final = self.edge_refinement(left_n, full)
@@ -335,7 +341,7 @@ class StereoNet(nn.Module):
 
     def forward(self, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
         """Inference/export path: ``(disparity, confidence)``, each N x 1 x H x W."""
-        out = self.forward_train(left, right)
+        out = self.forward_train(left, right, intermediate=False)
         return out.disparity, out.confidence
 
 
@@ -366,15 +372,17 @@ def build_from_config(config: dict[str, Any]) -> StereoNet:
 
 # Architecture settings a checkpoint can be converted across (:func:`convert_state_dict`): the fast volume
 # aggregation starts from a trained network's 3x3x3 / transposed-conv weights.
-CONVERTIBLE_SETTINGS = _COMMON_SETTINGS
+CONVERTIBLE_SETTINGS = (*_COMMON_SETTINGS, "refine_iterations")
 
 
 def convert_state_dict(
     tensors: dict[str, Tensor], found: dict[str, Any], wanted: dict[str, Any]
 ) -> dict[str, Tensor]:
     """Turns the weights of network ``found`` (a config) into a warm start for ``wanted``, which may differ
-    only in :data:`CONVERTIBLE_SETTINGS`, from the 3x3x3 / ``deconv`` values to 1 / ``trilinear``, and from
-    ``edge_refinement`` true to false (its weights are dropped: the network then ends at the convex upsampling).
+    only in :data:`CONVERTIBLE_SETTINGS`, from the 3x3x3 / ``deconv`` values to 1 / ``trilinear``, from
+    ``edge_refinement`` true to false (its weights are dropped: the network then ends at the convex upsampling),
+    and from fewer ``refine_iterations`` to more (each added iteration, and its upsampling mask, starts as a
+    copy of the last trained one: the same update applied again).
 
     A 3x3x3 kernel becomes the 1x1x1 kernel with the same response to a locally constant volume (the sum of
     its taps); a stride-2 transposed conv becomes the 1x1x1 conv after trilinear upsampling with the same mean
@@ -388,12 +396,22 @@ def convert_state_dict(
     if bad:
         raise ValueError(f"cannot convert weights across {bad}; only {list(CONVERTIBLE_SETTINGS)} convert")
     for key in differing:
-        if (f[key], w[key]) not in ((3, 1), ("deconv", "trilinear"), (True, False)):
+        if key == "refine_iterations":
+            if not int(w[key]) > int(f[key]):
+                raise ValueError(f"refine_iterations only grows, instead got {f[key]!r} -> {w[key]!r}")
+        elif (f[key], w[key]) not in ((3, 1), ("deconv", "trilinear"), (True, False)):
             raise ValueError(
-                f"{key}: only 3 -> 1, deconv -> trilinear and true -> false convert, "
+                f"{key}: only 3 -> 1, deconv -> trilinear, true -> false and more refine_iterations convert, "
                 f"instead got {f[key]!r} -> {w[key]!r}"
             )
     out = dict(tensors)
+    if "refine_iterations" in differing:
+        last = int(f["refine_iterations"]) - 1
+        for added in range(last + 1, int(w["refine_iterations"])):
+            for prefix in ("refinements", "upsample_masks"):
+                source = f"{prefix}.{last}."
+                for name in [k for k in tensors if k.startswith(source)]:
+                    out[f"{prefix}.{added}.{name[len(source):]}"] = tensors[name].clone()
     if "edge_refinement" in differing:
         for name in [k for k in tensors if k.startswith("edge_refinement.")]:
             del out[name]
