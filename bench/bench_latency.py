@@ -16,6 +16,7 @@ when present, else random initialisation (identical latency: same graph, same sh
 A model may carry inference options: ``NAME@S`` runs the network on the pair resized by S (the runner's
 ``input_scale``; ONNX exported at the scaled size, so every frame is resized to it), ``NAME+lr`` adds the
 left-right consistency check (a second, mirrored pass), e.g. ``--models m2s_rt m2s_rt@1.5 m2s_rt+lr``.
+``NAME`` may also be a checkpoint path ending in ``.safetensors`` (a training run's step, before shipping).
 """
 
 from __future__ import annotations
@@ -105,12 +106,23 @@ def parse_model(spec: str) -> tuple[str, float, bool]:
     return name, scale, lr
 
 
+def checkpoint_of(model: str) -> Path:
+    """``weights/<model>.safetensors``, or ``model`` itself when it names a ``.safetensors`` checkpoint."""
+    if model.endswith(".safetensors"):
+        path = Path(model).expanduser().resolve()
+        if not path.is_file():
+            raise SystemExit(f"bench_latency.py: model checkpoint {model} does not exist")
+        return path
+    return REPO / "weights" / f"{model}.safetensors"
+
+
 def model_max_disparity(model: str) -> int:
-    """``model``: a variant name (``m2s_rt``) or the stem of a file shipped in weights/ (``m2s_rt_fast``)."""
+    """``model``: a variant name (``m2s_rt``), the stem of a file shipped in weights/ (``m2s_rt_fast``) or a
+    checkpoint path (``runs/x/checkpoints/step_0001500.safetensors``)."""
     from mono2stereo_core.models import build_model, read_sidecar
 
     model = parse_model(model)[0]
-    shipped = REPO / "weights" / f"{model}.safetensors"
+    shipped = checkpoint_of(model)
     if shipped.is_file():
         return int(read_sidecar(shipped)["architecture"]["max_disparity"])
     return build_model(model).max_disparity
@@ -123,9 +135,9 @@ def model_file(model: str, backend: str, *, width: int, height: int, workdir: Pa
     from mono2stereo_core.inference.export import export_onnx
     from mono2stereo_core.models import build_model, load_model, save_checkpoint
 
-    shipped = REPO / "weights" / f"{model}.safetensors"
+    shipped = checkpoint_of(model)
     if shipped.is_file():
-        checkpoint, weights = shipped, "shipped"
+        checkpoint, weights = shipped, "shipped" if shipped.parent == REPO / "weights" else "file"
     else:
         torch.manual_seed(0)
         checkpoint = save_checkpoint(workdir / f"{model}.safetensors", build_model(model))
@@ -133,7 +145,7 @@ def model_file(model: str, backend: str, *, width: int, height: int, workdir: Pa
     if backend == "torch":
         return checkpoint, weights
     net, sidecar = load_model(checkpoint, device="cpu")
-    onnx_path = workdir / f"{model}_{width}x{height}.onnx"
+    onnx_path = workdir / f"{Path(model).stem}_{width}x{height}.onnx"
     if not onnx_path.is_file():
         export_onnx(net, onnx_path, height=height, width=width, sidecar=sidecar)
     return onnx_path, weights
