@@ -16,13 +16,17 @@ def _sha256(path: Path) -> str:
 
 # The default model and the CPU-latency variant shipped beside it, each with its recipes after the three
 # stages they share (the fourth session's GPU stages), then the conversion that dropped the full-resolution
-# edge stage (fifth session), then, for m2s_rt, the sixth session's CPU stage with the sharpening augmentation.
+# edge stage (fifth session), then a CPU stage with the sharpening augmentation (m2s_rt: sixth session,
+# m2s_rt_fast: seventh).
 SHIPPED = ("m2s_rt", "m2s_rt_fast")
 OWN_RECIPES = {
     "m2s_rt": ("config/train/pretrain_rt_gpu.yaml",),
     "m2s_rt_fast": ("config/train/pretrain_rt_fast.yaml", "config/train/pretrain_rt_fast_gpu.yaml"),
 }
-AFTER_CONVERSION = {"m2s_rt": ("config/train/pretrain_rt_cpu7.yaml",), "m2s_rt_fast": ()}
+AFTER_CONVERSION = {
+    "m2s_rt": ("config/train/pretrain_rt_cpu7.yaml",),
+    "m2s_rt_fast": ("config/train/pretrain_rt_fast_cpu.yaml",),
+}
 
 
 @pytest.mark.parametrize("stem", SHIPPED)
