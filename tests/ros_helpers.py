@@ -47,7 +47,8 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # seconds and the recorder test lost pairs on a loaded CI machine. Set before any participant exists (pytest
 # imports every test module, hence this one, before the first test runs). An explicit setting wins.
 DDS_PROFILE = REPO / "config" / "fastdds_large_images.xml"
-for _variable in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE"):
+DDS_PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")  # Fast DDS 3, 2
+for _variable in DDS_PROFILE_VARIABLES:
     os.environ.setdefault(_variable, str(DDS_PROFILE))
 
 

@@ -14,13 +14,12 @@ import textwrap
 import xml.etree.ElementTree as ET
 
 import pytest
-from ros_helpers import DDS_PROFILE, RELIABLE, RosClient, ros_env, wait_until
+from ros_helpers import DDS_PROFILE, DDS_PROFILE_VARIABLES, RELIABLE, RosClient, ros_env, wait_until
 from std_msgs.msg import String
 
 pytestmark = pytest.mark.ros
 
 DOMAIN_ID = 65
-PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 
 PROBE = textwrap.dedent(
     """
@@ -52,7 +51,7 @@ PROBE = textwrap.dedent(
 
 def probe_ack_wait(client: RosClient, *, with_profile: bool) -> float:
     env = ros_env(DOMAIN_ID)
-    for variable in PROFILE_VARIABLES:
+    for variable in DDS_PROFILE_VARIABLES:
         env.pop(variable, None)
         if with_profile:
             env[variable] = str(DDS_PROFILE)
@@ -75,7 +74,7 @@ def test_profile_is_a_default_writer_profile_with_a_50_ms_heartbeat():
 
 def test_tests_run_with_the_profile():
     # ros_helpers sets it for the test process and the nodes it starts (unless the caller chose another).
-    for variable in PROFILE_VARIABLES:
+    for variable in DDS_PROFILE_VARIABLES:
         assert os.environ.get(variable), variable
 
 
