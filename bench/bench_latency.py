@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -117,15 +118,15 @@ def checkpoint_of(model: str) -> Path:
 
 
 def model_max_disparity(model: str) -> int:
-    """``model``: a variant name (``m2s_rt``), the stem of a file shipped in weights/ (``m2s_rt_fast``) or a
-    checkpoint path (``runs/x/checkpoints/step_0001500.safetensors``)."""
-    from mono2stereo_core.models import build_model, read_sidecar
+    """The search range in input pixels (SGBM gets the same) of ``model``: a variant name (``m2s_rt``), the stem
+    of a file shipped in weights/ (``m2s_rt_fast``) or a checkpoint path (``runs/x/checkpoints/step_0001500.safetensors``).
+    A network with a ``working_scale`` covers its architecture's range divided by the scale."""
+    from mono2stereo_core.models import build_from_config, build_model, read_sidecar
 
     model = parse_model(model)[0]
     shipped = checkpoint_of(model)
-    if shipped.is_file():
-        return int(read_sidecar(shipped)["architecture"]["max_disparity"])
-    return build_model(model).max_disparity
+    network = build_from_config(read_sidecar(shipped)["architecture"]) if shipped.is_file() else build_model(model)
+    return math.ceil(network.max_disparity)
 
 
 def model_file(model: str, backend: str, *, width: int, height: int, workdir: Path) -> tuple[Path, str]:

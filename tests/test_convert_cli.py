@@ -49,4 +49,4 @@ def test_convert_drops_the_edge_stage_and_records_where_from(tmp_path):
     other = _convert("--checkpoint", str(src), "--set", "agg_channels=8", "--out", str(tmp_path / "c.safetensors"))
     assert other.returncode == 2 and "cannot convert 'agg_channels'" in other.stderr
     back = _convert("--checkpoint", str(out), "--set", "edge_refinement=true", "--out", str(tmp_path / "d.safetensors"))
-    assert back.returncode == 2 and "only 3 -> 1, deconv -> trilinear, true -> false and more refine_iterations convert" in back.stderr
+    assert back.returncode == 2 and "only 3 -> 1, deconv -> trilinear, true -> false, refine_iterations and working_scale convert" in back.stderr

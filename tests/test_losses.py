@@ -128,6 +128,24 @@ def test_downsampling_never_blends_across_edges():
     assert mask.sum() == 0
 
 
+def test_downsampling_to_a_grid_no_integer_factor_gives():
+    # A working_scale network's cost volume: 8 x 12 input pixels onto a 3 x 5 grid.
+    disparity = torch.arange(96, dtype=torch.float32).view(1, 1, 8, 12)
+    valid = torch.ones_like(disparity)
+    nearest, mask = downsample_disparity(disparity, valid, factor=8 / 3, mode="nearest", size=(3, 5))
+    rows, cols = [0, 3, 5], [0, 2, 5, 7, 10]  # round(i * 8 / 3), round(j * 12 / 5)
+    assert nearest[0, 0].tolist() == [[float(12 * r + c) for c in cols] for r in rows] and mask.sum() == 15
+    maximum, _ = downsample_disparity(disparity, valid, factor=8 / 3, mode="max", size=(3, 5))
+    assert maximum.shape == (1, 1, 3, 5) and maximum[0, 0, -1, -1] == 95.0
+    # An integer factor with its own grid is the plain strided sampling.
+    for mode in ("nearest", "max"):
+        a, _ = downsample_disparity(disparity, valid, factor=4, mode=mode)
+        b, _ = downsample_disparity(disparity, valid, factor=4, mode=mode, size=(2, 3))
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="needs the target grid size"):
+        downsample_disparity(disparity, valid, factor=2.5)
+
+
 def _output(predictions, log_prob=None, bins=None) -> StereoOutput:
     return StereoOutput(
         disparity=predictions[-1], confidence=torch.ones_like(predictions[-1]), predictions=predictions,

@@ -239,6 +239,11 @@ def test_onnx_export_of_the_fast_aggregation_matches_torch():
     assert _onnx_parity("m2s_rt", **FAST) < 1e-3
 
 
+def test_onnx_export_of_a_working_scale_network_without_refinement_matches_torch():
+    # The shipped default's settings (eighth session): the resize in and out is part of the graph.
+    assert _onnx_parity("m2s_rt", **FAST, refine_iterations=0, edge_refinement=False, working_scale=1.4) < 1e-3
+
+
 @pytest.mark.slow
 def test_onnx_export_matches_torch_large():
     assert _onnx_parity("m2s_large") < 1e-3
@@ -324,7 +329,7 @@ def test_network_without_edge_refinement_ends_at_the_convex_upsampling(tmp_path)
     load_network_weights(fresh, save_checkpoint(tmp_path / "old.safetensors", old, sidecar={}))
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval().forward_train(left, right).disparity, b.disparity, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="only 3 -> 1, deconv -> trilinear, true -> false and more refine_iterations convert"):
+    with pytest.raises(ValueError, match="only 3 -> 1, deconv -> trilinear, true -> false, refine_iterations and working_scale convert"):
         convert_state_dict(new.state_dict(), new.config, old.config)
     with pytest.raises(ValueError, match="edge_refinement must be true or false"):
         build_model("m2s_rt", edge_refinement="no")
@@ -367,10 +372,90 @@ def test_more_refinement_iterations_start_as_copies_and_inference_upsamples_only
     # Exactly the first iteration's mask head (two convolutions at 1/2 resolution) is saved.
     mask_macs = sum(m.weight.numel() for m in new.upsample_masks[0] if isinstance(m, torch.nn.Conv2d)) * 32 * 48
     assert count_macs(EveryIteration(new), height=64, width=96) - count_macs(new, height=64, width=96) == mask_macs
-    # A warm start converts on load; fewer iterations are refused.
+    # A warm start converts on load; fewer iterations drop the last ones (back to the old network, exactly).
     fresh = build_model("m2s_tiny", refine_iterations=2)
     load_network_weights(fresh, save_checkpoint(tmp_path / "old.safetensors", old, sidecar={}))
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval().forward_train(left, right).disparity, b.disparity, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="refine_iterations only grows"):
-        convert_state_dict(new.state_dict(), new.config, old.config)
+    back = build_model("m2s_tiny").eval()
+    back.load_state_dict(convert_state_dict(new.state_dict(), new.config, old.config), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(back(left, right)[0], a.disparity, rtol=0, atol=0)
+
+
+def test_no_refinement_ends_at_the_cost_volume_estimate_and_converts_from_a_refined_network():
+    from mono2stereo_core.models.stereo_net import convert_state_dict
+
+    old = perturbed_tiny(6)
+    lean = build_model("m2s_tiny", refine_iterations=0, edge_refinement=False).eval()
+    assert lean.config["refine_iterations"] == 0 and len(lean.refinements) == 0 and len(lean.upsample_masks) == 0
+    lean.load_state_dict(convert_state_dict(old.state_dict(), old.config, lean.config), strict=True)
+    left, right = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = old.forward_train(left, right), lean.forward_train(left, right)
+        disparity, confidence = lean(left, right)
+    # global and local soft-argmax only; the local one (bilinear from 1/4) is the output.
+    assert len(b.predictions) == 2
+    torch.testing.assert_close(b.predictions[1], a.predictions[1], rtol=0, atol=0)
+    torch.testing.assert_close(disparity, a.predictions[1], rtol=0, atol=0)
+    torch.testing.assert_close(confidence, a.confidence, rtol=0, atol=0)
+    assert count_macs(lean) < count_macs(build_model("m2s_tiny", edge_refinement=False))
+    with pytest.raises(ValueError, match="refine_iterations=0 needs edge_refinement=false"):
+        build_model("m2s_tiny", refine_iterations=0)
+    with pytest.raises(ValueError, match="refine_iterations must be >= 0"):
+        build_model("m2s_tiny", refine_iterations=-1, edge_refinement=False)
+    grown = build_model("m2s_tiny", edge_refinement=False)
+    with pytest.raises(ValueError, match="cannot grow from 0"):
+        convert_state_dict(lean.state_dict(), lean.config, grown.config)
+
+
+def test_working_scale_runs_the_same_network_on_the_resized_pair_and_answers_in_input_pixels():
+    import torch.nn.functional as F
+
+    from mono2stereo_core.models.stereo_net import convert_state_dict
+
+    base = perturbed_tiny(7)
+    scaled = build_model("m2s_tiny", working_scale=1.5).eval()
+    assert scaled.config["working_scale"] == 1.5 and "working_scale" not in base.config  # 1.0 is not written
+    assert build_from_config(scaled.config).config == scaled.config
+    # No weights change: the conversion is the identity on the tensors.
+    converted = convert_state_dict(base.state_dict(), base.config, scaled.config)
+    assert converted.keys() == base.state_dict().keys()
+    scaled.load_state_dict(converted, strict=True)
+    assert scaled.max_disparity == pytest.approx(base.max_disparity / 1.5)
+    assert scaled.working_size(64, 96) == (96, 144) and scaled.working_size(56, 80) == (80, 120)
+    left, right = torch.rand(2, 3, 64, 96), torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        out = scaled.forward_train(left, right)
+        big = base.forward_train(
+            *(F.interpolate(x, size=(96, 144), mode="bilinear", align_corners=False) for x in (left, right))
+        )
+    assert all(p.shape == (2, 1, 64, 96) for p in out.predictions) and out.confidence.shape == (2, 1, 64, 96)
+    for ours, theirs in zip(out.predictions, big.predictions):
+        expected = F.interpolate(theirs, size=(64, 96), mode="bilinear", align_corners=False) * (96 / 144)
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.log_prob, big.log_prob, rtol=0, atol=0)  # on the network's own 1/4 grid
+    assert out.log_prob.shape[-2:] == (24, 36) and out.downsample == pytest.approx(64 / 24)
+    torch.testing.assert_close(out.bin_values, big.bin_values * (96 / 144))
+    # The cost is the enlarged pair's.
+    assert count_macs(scaled, height=480, width=640) == count_macs(base, height=720, width=960)
+    for bad in (0.1, 5.0, "1.5", True):
+        with pytest.raises(ValueError, match="working_scale must be a number in"):
+            build_model("m2s_tiny", working_scale=bad)
+
+
+def test_working_scale_network_trains_with_the_distribution_loss_and_its_range():
+    from mono2stereo_core.training.config import load_config, output_max_disparity
+    from mono2stereo_core.training.losses import sequence_loss
+
+    torch.manual_seed(0)
+    net = build_model("m2s_tiny", max_disparity=64, working_scale=1.25)
+    left, right = torch.rand(2, 3, 64, 96), torch.rand(2, 3, 64, 96)
+    gt = torch.full((2, 1, 64, 96), 20.0)
+    out = net.forward_train(left, right)
+    loss = sequence_loss(out, gt, None, max_disparity=net.max_disparity, distribution_weight=0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in net.volume_out.parameters())
+    config = load_config(None, overrides=["model.max_disparity=192", "model.overrides={working_scale: 1.5}"])
+    assert output_max_disparity(config) == 128.0
+    assert output_max_disparity(load_config(None)) == float(load_config(None)["model"]["max_disparity"])

@@ -99,9 +99,12 @@ _LEGACY_DEFAULTS: dict[str, Any] = {
     "volume_out_kernel": 3,
     "hourglass_upsample": "deconv",
     "edge_refinement": True,
+    "working_scale": 1.0,
 }
 # Settings every variant accepts (defaulting to the legacy value) without listing them in _VARIANTS.
-_COMMON_SETTINGS = ("volume_in_kernel", "volume_out_kernel", "hourglass_upsample", "edge_refinement")
+_COMMON_SETTINGS = ("volume_in_kernel", "volume_out_kernel", "hourglass_upsample", "edge_refinement", "working_scale")
+# working_scale bounds: below 1/4 nothing of a 640 x 480 image is left to match, above 4 the cost is 16x.
+_WORKING_SCALE_RANGE = (0.25, 4.0)
 
 
 @dataclass
@@ -113,8 +116,8 @@ class StereoOutput:
     - ``predictions``: list of N x 1 x H x W full-resolution predictions, coarse -> fine (the last one is
       ``disparity``), for the sequence loss.
     - ``log_prob``: N x D x h x w log-distribution over the cost-volume bins (h = H / downsample).
-    - ``bin_values``: D values, the full-resolution disparity of each bin.
-    - ``downsample``: H / h.
+    - ``bin_values``: D values, the input-resolution disparity of each bin.
+    - ``downsample``: H / h (not an integer when the network works at ``working_scale`` != 1).
     """
 
     disparity: Tensor
@@ -122,7 +125,7 @@ class StereoOutput:
     predictions: list[Tensor] = field(default_factory=list)
     log_prob: Tensor | None = None
     bin_values: Tensor | None = None
-    downsample: int = COST_VOLUME_DOWNSAMPLE
+    downsample: float = COST_VOLUME_DOWNSAMPLE
 
 
 class StereoNet(nn.Module):
@@ -157,8 +160,15 @@ class StereoNet(nn.Module):
         volume_out_kernel: int = 3,
         hourglass_upsample: str = "deconv",
         edge_refinement: bool = True,
+        working_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        low, high = _WORKING_SCALE_RANGE
+        if isinstance(working_scale, bool) or not isinstance(working_scale, (int, float)) or not (
+            low <= working_scale <= high
+        ):
+            raise ValueError(f"working_scale must be a number in [{low}, {high}], instead got {working_scale!r}")
+        working_scale = float(working_scale)
         if not isinstance(edge_refinement, bool):
             raise ValueError(f"edge_refinement must be true or false, instead got {edge_refinement!r}")
         for key, value in dict(volume_in_kernel=volume_in_kernel, volume_out_kernel=volume_out_kernel).items():
@@ -170,11 +180,13 @@ class StereoNet(nn.Module):
                 f"max_disparity must be a positive multiple of {step} (the 3-D hourglass halves the "
                 f"{COST_VOLUME_DOWNSAMPLE}x-downsampled bins), instead got {max_disparity!r}"
             )
-        for key, value in dict(
-            hourglasses=hourglasses, refine_iterations=refine_iterations, quarter_blocks=quarter_blocks
-        ).items():
+        for key, value in dict(hourglasses=hourglasses, quarter_blocks=quarter_blocks).items():
             if value < 1:
                 raise ValueError(f"{key} must be >= 1, instead got {value}")
+        if refine_iterations < 0:
+            raise ValueError(f"refine_iterations must be >= 0 (0: no 1/2-resolution stage), instead got {refine_iterations}")
+        if refine_iterations == 0 and edge_refinement:
+            raise ValueError("refine_iterations=0 needs edge_refinement=false (the edge stage refines the 1/2 stage's output)")
         if quarter_channels % corr_groups != 0 or half_channels % refine_groups != 0:
             raise ValueError(
                 f"channels must divide into correlation groups, instead got quarter_channels={quarter_channels}, "
@@ -201,13 +213,16 @@ class StereoNet(nn.Module):
             volume_out_kernel=volume_out_kernel,
             hourglass_upsample=hourglass_upsample,
             edge_refinement=edge_refinement,
+            working_scale=working_scale,
         )
         # A setting at its legacy value is left out, so configs (and the sidecars that store them) of networks
         # that do not use a later-added feature stay identical to those written before it existed.
         for key, value in _LEGACY_DEFAULTS.items():
             if self.config.get(key) == value:
                 del self.config[key]
-        self.max_disparity = max_disparity
+        self.working_scale = working_scale
+        # The search range in *input* pixels: a network working on an enlarged pair covers less of the input.
+        self.max_disparity: float = max_disparity if working_scale == 1.0 else max_disparity / working_scale
         self.downsample = COST_VOLUME_DOWNSAMPLE
         # 1/4 for the cost volume, and one more halving inside each hourglass.
         self.stride = 2 * COST_VOLUME_DOWNSAMPLE
@@ -285,15 +300,39 @@ class StereoNet(nn.Module):
                 f"instead got {h} x {w}"
             )
 
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the network matches at for an input of ``height`` x ``width``: the input scaled by
+        ``working_scale`` and rounded to the nearest multiple of ``stride`` (the input itself when it is 1)."""
+        # int(): under ONNX tracing the sizes arrive as tensors; the exported graph has static shapes anyway.
+        height, width = int(height), int(width)
+        if self.working_scale == 1.0:
+            return height, width
+        return tuple(  # type: ignore[return-value]
+            max(self.stride, int(round(side * self.working_scale / self.stride)) * self.stride)
+            for side in (height, width)
+        )
+
     def forward_train(self, left: Tensor, right: Tensor, *, intermediate: bool = True) -> StereoOutput:
         """Full forward pass returning every intermediate a loss needs; see :class:`StereoOutput`.
 
         ``intermediate=False`` (inference) upsamples only the last refinement iteration to full resolution;
         ``predictions`` then holds the coarse estimates and the final disparity only.
+
+        With ``working_scale`` != 1 the pair is resized (bilinear) to :meth:`working_size` first and every
+        prediction is resized back and rescaled to input pixels, so callers and losses see input-resolution
+        maps; ``log_prob`` stays on the network's own 1/4 grid (``downsample`` = H / its height) and
+        ``bin_values`` are in input pixels.
         """
         self._check_inputs(left, right)
         h, w = left.shape[-2:]
         n = left.shape[0]
+        hw, ww = self.working_size(h, w)
+        h, w = int(h), int(w)
+        if (hw, ww) != (h, w):
+            left = F.interpolate(left, size=(hw, ww), mode="bilinear", align_corners=False)
+            right = F.interpolate(right, size=(hw, ww), mode="bilinear", align_corners=False)
+        # Disparity is a horizontal distance: working-resolution pixels times this are input pixels.
+        to_input = w / ww
         left_n = (left - self.mean) / self.std
         right_n = (right - self.mean) / self.std
         # One encoder pass over the stacked pair: same weights, half the kernel launches.
@@ -314,8 +353,8 @@ class StereoNet(nn.Module):
         # loss) a wrong arg-max far from the truth could only creep towards it one bin at a time.
         global_disparity = (log_prob.exp() * self.bin_values.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
         predictions = [
-            F.interpolate(global_disparity, size=(h, w), mode="bilinear", align_corners=False),
-            F.interpolate(disparity4, size=(h, w), mode="bilinear", align_corners=False),
+            F.interpolate(global_disparity, size=(hw, ww), mode="bilinear", align_corners=False),
+            F.interpolate(disparity4, size=(hw, ww), mode="bilinear", align_corners=False),
         ]
         disparity2 = F.interpolate(disparity4, scale_factor=2, mode="bilinear", align_corners=False)
         full = predictions[-1]
@@ -325,18 +364,22 @@ class StereoNet(nn.Module):
             if intermediate or i == last:
                 full = convex_upsample(disparity2, mask_head(hidden), factor=2)
                 predictions.append(full)
-        final = full
         if self.edge_refinement is not None:
-            final = self.edge_refinement(left_n, full)
-            predictions.append(final)
+            predictions.append(self.edge_refinement(left_n, full))
         confidence = F.interpolate(confidence4, size=(h, w), mode="bilinear", align_corners=False)
+        bin_values = self.bin_values
+        if (hw, ww) != (h, w):
+            predictions = [
+                F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False) * to_input for p in predictions
+            ]
+            bin_values = bin_values * to_input
         return StereoOutput(
-            disparity=final,
+            disparity=predictions[-1],
             confidence=confidence.clamp(0.0, 1.0),
             predictions=predictions,
             log_prob=log_prob,
-            bin_values=self.bin_values,
-            downsample=COST_VOLUME_DOWNSAMPLE,
+            bin_values=bin_values,
+            downsample=COST_VOLUME_DOWNSAMPLE if (hw, ww) == (h, w) else h / log_prob.shape[-2],
         )
 
     def forward(self, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
@@ -381,8 +424,9 @@ def convert_state_dict(
     """Turns the weights of network ``found`` (a config) into a warm start for ``wanted``, which may differ
     only in :data:`CONVERTIBLE_SETTINGS`, from the 3x3x3 / ``deconv`` values to 1 / ``trilinear``, from
     ``edge_refinement`` true to false (its weights are dropped: the network then ends at the convex upsampling),
-    and from fewer ``refine_iterations`` to more (each added iteration, and its upsampling mask, starts as a
-    copy of the last trained one: the same update applied again).
+    in ``refine_iterations`` (each added iteration, and its upsampling mask, starts as a copy of the last trained
+    one: the same update applied again; fewer iterations drop the last ones, down to 0 = the network ends at the
+    1/4 cost volume's estimate) and in ``working_scale`` (no weights change: the same network on a resized pair).
 
     A 3x3x3 kernel becomes the 1x1x1 kernel with the same response to a locally constant volume (the sum of
     its taps); a stride-2 transposed conv becomes the 1x1x1 conv after trilinear upsampling with the same mean
@@ -396,16 +440,23 @@ def convert_state_dict(
     if bad:
         raise ValueError(f"cannot convert weights across {bad}; only {list(CONVERTIBLE_SETTINGS)} convert")
     for key in differing:
-        if key == "refine_iterations":
-            if not int(w[key]) > int(f[key]):
-                raise ValueError(f"refine_iterations only grows, instead got {f[key]!r} -> {w[key]!r}")
-        elif (f[key], w[key]) not in ((3, 1), ("deconv", "trilinear"), (True, False)):
+        if key == "refine_iterations" and int(f[key]) == 0:
+            raise ValueError("refine_iterations cannot grow from 0: there is no trained iteration to copy")
+        if key in ("refine_iterations", "working_scale"):
+            continue
+        if (f[key], w[key]) not in ((3, 1), ("deconv", "trilinear"), (True, False)):
             raise ValueError(
-                f"{key}: only 3 -> 1, deconv -> trilinear, true -> false and more refine_iterations convert, "
-                f"instead got {f[key]!r} -> {w[key]!r}"
+                f"{key}: only 3 -> 1, deconv -> trilinear, true -> false, refine_iterations and working_scale "
+                f"convert, instead got {f[key]!r} -> {w[key]!r}"
             )
     out = dict(tensors)
-    if "refine_iterations" in differing:
+    if "refine_iterations" in differing and int(w["refine_iterations"]) < int(f["refine_iterations"]):
+        kept = int(w["refine_iterations"])
+        for prefix in ("refinements", "upsample_masks"):
+            for name in [k for k in tensors if k.startswith(f"{prefix}.")]:
+                if int(name.split(".")[1]) >= kept:
+                    del out[name]
+    elif "refine_iterations" in differing:
         last = int(f["refine_iterations"]) - 1
         for added in range(last + 1, int(w["refine_iterations"])):
             for prefix in ("refinements", "upsample_masks"):

@@ -185,6 +185,14 @@ def load_config(path: str | Path | None = None, *, overrides: Iterable[str] = ()
     return config
 
 
+def output_max_disparity(config: Mapping[str, Any]) -> float:
+    """The recipe's network's search range in input pixels: ``model.max_disparity``, divided by the
+    ``working_scale`` override of a network that matches on an enlarged pair (what the losses can supervise)."""
+    model = config["model"]
+    scale = float((model.get("overrides") or {}).get("working_scale", 1.0))
+    return float(model["max_disparity"]) / scale
+
+
 def validate_config(config: Mapping[str, Any]) -> None:
     """Raises ``ValueError`` naming the first value that cannot train."""
     optim, data, trainer, loss = config["optim"], config["data"], config["trainer"], config["loss"]

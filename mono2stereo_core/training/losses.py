@@ -49,23 +49,46 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def downsample_disparity(
-    disparity: Tensor, valid: Tensor, *, factor: int, mode: str = "nearest"
+    disparity: Tensor,
+    valid: Tensor,
+    *,
+    factor: float,
+    mode: str = "nearest",
+    size: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Brings a full-resolution disparity map and its mask down to the cost-volume grid without blending.
 
-    ``disparity``, ``valid``: N x 1 x H x W. Returns N x 1 x H/factor x W/factor. ``"nearest"`` takes the pixel
-    at ``factor * i`` -- the centre of the encoder's strided convolutions, so the target sits where the network
-    computed its cost; ``"max"`` takes the largest valid disparity in each cell (nearest surface, i.e. min-pool of
-    depth), which keeps thin foreground structures that nearest sampling can skip. Averaging is never used:
-    across a depth edge it invents a disparity that belongs to neither surface.
+    ``disparity``, ``valid``: N x 1 x H x W. Returns N x 1 x H/factor x W/factor, or N x 1 x ``size`` when the
+    grid is given (a network with a ``working_scale`` has a cost volume of a size no integer factor gives).
+    ``"nearest"`` takes the pixel at ``factor * i`` -- the centre of the encoder's strided convolutions, so the
+    target sits where the network computed its cost (with ``size``: the pixel at ``round(i * H / h)``, the same
+    point for an integer factor); ``"max"`` takes the largest valid disparity in each cell (nearest surface,
+    i.e. min-pool of depth), which keeps thin foreground structures that nearest sampling can skip. Averaging is
+    never used: across a depth edge it invents a disparity that belongs to neither surface.
     """
-    if mode == "nearest":
-        return disparity[..., ::factor, ::factor], valid[..., ::factor, ::factor]
-    if mode == "max":
+    if mode not in ("nearest", "max"):
+        raise ValueError(f"downsample mode must be 'nearest' or 'max', instead got {mode!r}")
+    height, width = disparity.shape[-2:]
+    integer = float(factor).is_integer()
+    if size is not None and tuple(size) == (height // int(factor), width // int(factor)) and integer:
+        size = None
+    if size is None:
+        if not integer:
+            raise ValueError(f"a non-integer factor {factor} needs the target grid size")
+        factor = int(factor)
+        if mode == "nearest":
+            return disparity[..., ::factor, ::factor], valid[..., ::factor, ::factor]
         masked = torch.where(valid > 0, disparity, torch.full_like(disparity, -1.0))
         pooled = F.max_pool2d(masked, factor)
         return pooled.clamp_min(0.0), (pooled >= 0).to(disparity.dtype)
-    raise ValueError(f"downsample mode must be 'nearest' or 'max', instead got {mode!r}")
+    h, w = int(size[0]), int(size[1])
+    if mode == "nearest":
+        rows = (torch.arange(h, device=disparity.device) * (height / h)).round().long().clamp_max(height - 1)
+        cols = (torch.arange(w, device=disparity.device) * (width / w)).round().long().clamp_max(width - 1)
+        return disparity[..., rows[:, None], cols], valid[..., rows[:, None], cols]
+    masked = torch.where(valid > 0, disparity, torch.full_like(disparity, -1.0))
+    pooled = F.adaptive_max_pool2d(masked, (h, w))
+    return pooled.clamp_min(0.0), (pooled >= 0).to(disparity.dtype)
 
 
 def teacher_distribution(teacher_disparity: Tensor, bin_values: Tensor, *, spread: float) -> Tensor:
@@ -106,12 +129,13 @@ def _distribution_term(
     target: Tensor,
     mask: Tensor,
     *,
-    downsample: int,
+    downsample: float,
     spread: float,
     mode: str,
 ) -> Tensor:
     """Mean KL between a Laplacian around ``target`` (full-res, N x 1 x H x W) and the student's distribution."""
-    target_low, mask_low = downsample_disparity(target, mask, factor=downsample, mode=mode)
+    size = None if float(downsample).is_integer() else tuple(log_prob.shape[-2:])
+    target_low, mask_low = downsample_disparity(target, mask, factor=downsample, mode=mode, size=size)
     if target_low.shape[-2:] != log_prob.shape[-2:]:
         raise ValueError(
             f"target at 1/{downsample} resolution is {tuple(target_low.shape[-2:])} but the student's distribution "

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import output_max_disparity
 from .losses import S2DKDLoss, sequence_loss
 
 
@@ -109,7 +110,9 @@ class S2DKDObjective:
 def build_objective(config: Mapping[str, Any], *, second_teacher: nn.Module | None = None):
     """The objective named by ``config['loss']['kind']`` (``sequence`` or ``s2dkd``)."""
     loss = config["loss"]
-    max_disparity = float(config["model"]["max_disparity"])
+    # Ground truth beyond what the network can output is left out of the loss (a working_scale network
+    # covers model.max_disparity / working_scale input pixels).
+    max_disparity = output_max_disparity(config)
     if loss["kind"] == "sequence":
         return SequenceObjective(
             gamma=loss["gamma"],
