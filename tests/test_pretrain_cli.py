@@ -86,7 +86,7 @@ def test_bad_overrides_and_configs_name_the_problem(tmp_path):
 
 
 @pytest.mark.parametrize("data", ["motorcycle", "aloe"])
-@pytest.mark.parametrize("stem", ["m2s_rt", "m2s_rt_fast"])
+@pytest.mark.parametrize("stem", ["m2s_rt", "m2s_rt_fast", "m2s_rt_refined"])
 def test_shipped_weights_beat_sgbm_on_the_real_pairs(stem, data):
     """Regression guard for weights/m2s_rt*.safetensors: dense all-pixel bad-2 below OpenCV SGBM's, same run,
     on both bundled real pairs (Middlebury 2014 motorcycle, Middlebury 2006 Aloe at half size)."""

@@ -14,50 +14,74 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# The default model and the CPU-latency variant shipped beside it, each with its recipes after the three
-# stages they share (the fourth session's GPU stages), then the conversion that dropped the full-resolution
-# edge stage (fifth session), then a CPU stage with the sharpening augmentation (m2s_rt: sixth session,
-# m2s_rt_fast: seventh).
+# The default model and the CPU-latency variant shipped beside it. Since the eighth session both are the same
+# weights: m2s_rt_fast's chain (the three shared stages, its own stages, the conversion that dropped the
+# full-resolution edge stage, a CPU stage with the sharpening augmentation), then a second conversion that drops
+# the 1/2-resolution refinement and sets the working scale: 1.4 for the default, 1.2 for the fast variant.
 SHIPPED = ("m2s_rt", "m2s_rt_fast")
-OWN_RECIPES = {
-    "m2s_rt": ("config/train/pretrain_rt_gpu.yaml",),
-    "m2s_rt_fast": ("config/train/pretrain_rt_fast.yaml", "config/train/pretrain_rt_fast_gpu.yaml"),
-}
-AFTER_CONVERSION = {
-    "m2s_rt": ("config/train/pretrain_rt_cpu7.yaml",),
-    "m2s_rt_fast": ("config/train/pretrain_rt_fast_cpu.yaml",),
-}
+# The sixth session's default (with its 1/2-resolution refinement), kept for the accuracy configuration.
+REFINED = "m2s_rt_refined"
+OWN_RECIPES = ("config/train/pretrain_rt_fast.yaml", "config/train/pretrain_rt_fast_gpu.yaml")
+AFTER_CONVERSION = ("config/train/pretrain_rt_fast_cpu.yaml",)
+WORKING_SCALE = {"m2s_rt": 1.4, "m2s_rt_fast": 1.2}
 
 
 @pytest.mark.parametrize("stem", SHIPPED)
 def test_sidecar_describes_the_shipped_file(stem):
     sidecar = json.loads((WEIGHTS / f"{stem}.json").read_text())
     assert sidecar["weights_sha256"] == _sha256(WEIGHTS / f"{stem}.safetensors")
-    assert sidecar["reproduce"].startswith("python training/pretrain.py --config config/train/pretrain_rt.yaml")
+    reproduce = sidecar["reproduce"]
+    assert reproduce.startswith("python training/pretrain.py --config config/train/pretrain_rt.yaml")
     for recipe in (
         "config/train/pretrain_rt.yaml",
         "config/train/pretrain_rt_continue.yaml",
         "config/train/pretrain_rt_long.yaml",
-        *OWN_RECIPES[stem],
-        *AFTER_CONVERSION[stem],
+        *OWN_RECIPES,
+        *AFTER_CONVERSION,
     ):
-        assert recipe in sidecar["reproduce"] and (WEIGHTS.parent / recipe).is_file()
-    # The stages run in order, the model's own ones after the shared three, then the conversion that dropped
-    # the full-resolution edge stage (fifth session: it made both evaluation sets worse), then later stages.
-    order = ["config/train/pretrain_rt_long.yaml", *OWN_RECIPES[stem], "training/convert.py", *AFTER_CONVERSION[stem]]
-    positions = [sidecar["reproduce"].index(recipe) for recipe in order]
+        assert recipe in reproduce and (WEIGHTS.parent / recipe).is_file()
+    # The stages run in order: the shared three, the model's own, the conversion that dropped the edge stage
+    # (fifth session), the sharpening stage, then the conversion to the shipped settings (eighth session).
+    order = ["config/train/pretrain_rt_long.yaml", *OWN_RECIPES, "training/convert.py", *AFTER_CONVERSION]
+    positions = [reproduce.index(recipe) for recipe in order]
     assert positions == sorted(positions), positions
+    last = reproduce.split("   #")[0].split(" && ")[-1]
+    assert last.startswith("python training/convert.py --checkpoint runs/pretrain_rt_fast_cpu/checkpoints/")
+    assert f"--set working_scale={WORKING_SCALE[stem]}" in last and "--set refine_iterations=0" in last
     assert (WEIGHTS / f"{stem}.safetensors").stat().st_size < 20e6
-    fast = {"volume_in_kernel": 1, "volume_out_kernel": 1, "hourglass_upsample": "trilinear"}
     architecture = sidecar["architecture"]
-    assert all(architecture.get(k) == v for k, v in fast.items()) == (stem == "m2s_rt_fast")
-    assert architecture.get("edge_refinement") is False
-    # Both were trained after the conversion: the last stage's recipe is in the sidecar, sharpening included.
+    fast = {"volume_in_kernel": 1, "volume_out_kernel": 1, "hourglass_upsample": "trilinear"}
+    assert all(architecture.get(k) == v for k, v in fast.items())
+    assert architecture.get("edge_refinement") is False and architecture["refine_iterations"] == 0
+    assert architecture["working_scale"] == WORKING_SCALE[stem]
+    # The sharpening stage's recipe (the last training) is in the sidecar.
     assert sidecar["training"]["recipe"]["data"]["augment"]["sharpen_prob"] == 0.5
     assert sidecar["training"]["recipe"]["optim"]["freeze_batchnorm"] is True
 
 
-@pytest.mark.parametrize("stem", SHIPPED)
+def test_the_two_shipped_files_share_their_weights_and_differ_in_working_scale():
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(WEIGHTS / f"{stem}.safetensors")) for stem in SHIPPED)
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    configs = [json.loads((WEIGHTS / f"{stem}.json").read_text())["architecture"] for stem in SHIPPED]
+    assert {k for k in configs[0] if configs[0][k] != configs[1].get(k)} == {"working_scale"}
+
+
+def test_refined_sidecar_describes_the_sixth_session_stage():
+    sidecar = json.loads((WEIGHTS / f"{REFINED}.json").read_text())
+    assert sidecar["weights_sha256"] == _sha256(WEIGHTS / f"{REFINED}.safetensors")
+    order = ["config/train/pretrain_rt_long.yaml", "config/train/pretrain_rt_gpu.yaml", "training/convert.py",
+             "config/train/pretrain_rt_cpu7.yaml"]
+    positions = [sidecar["reproduce"].index(recipe) for recipe in order]
+    assert positions == sorted(positions), positions
+    architecture = sidecar["architecture"]
+    assert architecture["refine_iterations"] == 1 and architecture.get("edge_refinement") is False
+    assert "working_scale" not in architecture and "volume_in_kernel" not in architecture  # 1.0 and 3x3x3
+    assert sidecar["training"]["recipe"]["data"]["augment"]["sharpen_prob"] == 0.5
+
+
+@pytest.mark.parametrize("stem", (*SHIPPED, REFINED))
 def test_shipped_onnx_is_exported_from_the_shipped_weights(stem):
     import onnx
 
