@@ -54,8 +54,6 @@ for _path in (str(REPO), str(PACKAGE_SRC)):
 NAMESPACE = "/stereo"
 LEFT_FRAME = "left_camera_optical_frame"
 RIGHT_FRAME = "right_camera_optical_frame"
-DDS_PROFILE = REPO / "config" / "fastdds_large_images.xml"
-DDS_PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")  # Fast DDS 3, 2
 DEFAULT_DOMAIN_ID = 77  # the demo's own domain, so it neither hears nor disturbs a robot on the default one
 CAMERA_RATE_HZ = 15.0
 SAMPLE_FORMAT = 2  # bump when the sample layout changes, so stale caches are regenerated
@@ -666,8 +664,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Fast DDS's 3 s default heartbeat a lost camera_info sample of the one-frame motorcycle segment reaches
         # the node after it gave up waiting for a matching one (0.5 s) and the frame is dropped. An explicit
         # setting wins; the node process inherits it.
-        for variable in DDS_PROFILE_VARIABLES:
-            os.environ.setdefault(variable, str(DDS_PROFILE))
+        from mono2stereo.dds_profile import PROFILE_FILE_NAME, use_profile
+
+        use_profile(REPO / "config" / PROFILE_FILE_NAME)
         node = StereoNodeProcess(model=model, backend=args.backend, domain_id=args.domain_id, log_path=out / "stereo_node.log")
         client = DemoClient(domain_id=args.domain_id)
         started = time.monotonic()

@@ -25,6 +25,8 @@ if str(PACKAGE_SRC) not in sys.path:
 
 import rclpy  # noqa: E402
 from mono2stereo.conversions import stamp_to_ns, uint8_array  # noqa: E402
+from mono2stereo.dds_profile import PROFILE_FILE_NAME, use_profile  # noqa: E402
+from mono2stereo.dds_profile import PROFILE_VARIABLES as DDS_PROFILE_VARIABLES  # noqa: E402
 from mono2stereo.diagnostics import level_of  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -34,7 +36,7 @@ from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from mono2stereo_core.geometry import StereoCamera  # noqa: E402
 
-__all__ = ["stamp_to_ns", "level_of", "uint8_array"]  # re-exported: test modules import the package through this file
+__all__ = ["stamp_to_ns", "level_of", "uint8_array", "DDS_PROFILE_VARIABLES"]  # re-exported: test modules import the package through this file
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -46,10 +48,8 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # docs/ros.md recommends for large images: with Fast DDS's 3 s default, one lost fragment stalls a topic for
 # seconds and the recorder test lost pairs on a loaded CI machine. Set before any participant exists (pytest
 # imports every test module, hence this one, before the first test runs). An explicit setting wins.
-DDS_PROFILE = REPO / "config" / "fastdds_large_images.xml"
-DDS_PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")  # Fast DDS 3, 2
-for _variable in DDS_PROFILE_VARIABLES:
-    os.environ.setdefault(_variable, str(DDS_PROFILE))
+DDS_PROFILE = REPO / "config" / PROFILE_FILE_NAME
+use_profile(DDS_PROFILE)
 
 
 def ros_env(domain_id: int) -> dict[str, str]:

@@ -72,6 +72,14 @@ def test_profile_is_a_default_writer_profile_with_a_50_ms_heartbeat():
     assert int(period.find(f"{namespace}nanosec").text) == 50_000_000
 
 
+def test_use_profile_sets_both_variables_and_keeps_an_explicit_setting():
+    from mono2stereo.dds_profile import use_profile
+
+    env = {"FASTRTPS_DEFAULT_PROFILES_FILE": "/mine.xml"}
+    use_profile(DDS_PROFILE, env)
+    assert env == {"FASTDDS_DEFAULT_PROFILES_FILE": str(DDS_PROFILE), "FASTRTPS_DEFAULT_PROFILES_FILE": "/mine.xml"}
+
+
 def test_tests_run_with_the_profile():
     # ros_helpers sets it for the test process and the nodes it starts (unless the caller chose another).
     for variable in DDS_PROFILE_VARIABLES:
