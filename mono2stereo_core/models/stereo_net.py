@@ -328,7 +328,8 @@ class StereoNet(nn.Module):
         n = left.shape[0]
         hw, ww = self.working_size(h, w)
         h, w = int(h), int(w)
-        if (hw, ww) != (h, w):
+        resized = (hw, ww) != (h, w)
+        if resized:
             left = F.interpolate(left, size=(hw, ww), mode="bilinear", align_corners=False)
             right = F.interpolate(right, size=(hw, ww), mode="bilinear", align_corners=False)
         # Disparity is a horizontal distance: working-resolution pixels times this are input pixels.
@@ -368,7 +369,7 @@ class StereoNet(nn.Module):
             predictions.append(self.edge_refinement(left_n, full))
         confidence = F.interpolate(confidence4, size=(h, w), mode="bilinear", align_corners=False)
         bin_values = self.bin_values
-        if (hw, ww) != (h, w):
+        if resized:
             predictions = [
                 F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False) * to_input for p in predictions
             ]
@@ -379,7 +380,7 @@ class StereoNet(nn.Module):
             predictions=predictions,
             log_prob=log_prob,
             bin_values=bin_values,
-            downsample=COST_VOLUME_DOWNSAMPLE if (hw, ww) == (h, w) else h / log_prob.shape[-2],
+            downsample=h / log_prob.shape[-2] if resized else COST_VOLUME_DOWNSAMPLE,
         )
 
     def forward(self, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:

@@ -69,18 +69,15 @@ def downsample_disparity(
     if mode not in ("nearest", "max"):
         raise ValueError(f"downsample mode must be 'nearest' or 'max', instead got {mode!r}")
     height, width = disparity.shape[-2:]
-    integer = float(factor).is_integer()
-    if size is not None and tuple(size) == (height // int(factor), width // int(factor)) and integer:
-        size = None
-    if size is None:
-        if not integer:
-            raise ValueError(f"a non-integer factor {factor} needs the target grid size")
+    if float(factor).is_integer() and (size is None or tuple(size) == (height // int(factor), width // int(factor))):
         factor = int(factor)
         if mode == "nearest":
             return disparity[..., ::factor, ::factor], valid[..., ::factor, ::factor]
         masked = torch.where(valid > 0, disparity, torch.full_like(disparity, -1.0))
         pooled = F.max_pool2d(masked, factor)
         return pooled.clamp_min(0.0), (pooled >= 0).to(disparity.dtype)
+    if size is None:
+        raise ValueError(f"a non-integer factor {factor} needs the target grid size")
     h, w = int(size[0]), int(size[1])
     if mode == "nearest":
         rows = (torch.arange(h, device=disparity.device) * (height / h)).round().long().clamp_max(height - 1)
