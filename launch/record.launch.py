@@ -10,6 +10,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+from mono2stereo.dds_profile import PROFILE_FILE_NAME, profile_environment
 
 from launch import LaunchDescription
 
@@ -19,6 +20,9 @@ PACKAGE = "mono2stereo"
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory(PACKAGE)
     default_params = os.path.join(share, "config", "recorder.yaml")
+    # The installed Fast DDS profile (50 ms writer heartbeat, docs/ros.md "Large images over DDS") for the nodes
+    # started here, unless the environment already names a profile.
+    dds_env = profile_environment(os.path.join(share, "config", PROFILE_FILE_NAME))
     arguments = [
         DeclareLaunchArgument("camera", default_value="/stereo", description="namespace of the stereo camera topics"),
         DeclareLaunchArgument("output_dir", default_value="recorded", description="directory receiving one bag per session"),
@@ -35,6 +39,7 @@ def generate_launch_description() -> LaunchDescription:
         ],
         output="screen",
         emulate_tty=True,
+        additional_env=dds_env,
         # SIGINT first so the bag is finalized; launch escalates to SIGTERM after sigterm_timeout.
         sigterm_timeout="30",
     )

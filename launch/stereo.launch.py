@@ -13,6 +13,7 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+from mono2stereo.dds_profile import PROFILE_FILE_NAME, profile_environment
 
 from launch import LaunchDescription
 
@@ -23,6 +24,9 @@ def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory(PACKAGE)
     default_params = os.path.join(share, "config", "stereo.yaml")
     default_rviz = os.path.join(share, "config", "mono2stereo.rviz")
+    # The installed Fast DDS profile (50 ms writer heartbeat, docs/ros.md "Large images over DDS") for the nodes
+    # started here, unless the environment already names a profile.
+    dds_env = profile_environment(os.path.join(share, "config", PROFILE_FILE_NAME))
     arguments = [
         DeclareLaunchArgument("camera", default_value="/stereo", description="namespace of the stereo camera topics"),
         DeclareLaunchArgument("model_path", default_value="", description=".engine/.onnx/.safetensors; '' = shipped default"),
@@ -46,6 +50,7 @@ def generate_launch_description() -> LaunchDescription:
         ],
         output="screen",
         emulate_tty=True,
+        additional_env=dds_env,
     )
     rviz = Node(
         package="rviz2",

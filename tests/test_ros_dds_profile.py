@@ -80,6 +80,17 @@ def test_use_profile_sets_both_variables_and_keeps_an_explicit_setting():
     assert env == {"FASTDDS_DEFAULT_PROFILES_FILE": str(DDS_PROFILE), "FASTRTPS_DEFAULT_PROFILES_FILE": "/mine.xml"}
 
 
+def test_profile_environment_names_only_the_unset_variables():
+    from mono2stereo.dds_profile import profile_environment
+
+    assert profile_environment(DDS_PROFILE, {}) == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(DDS_PROFILE),
+        "FASTRTPS_DEFAULT_PROFILES_FILE": str(DDS_PROFILE),
+    }
+    both = {"FASTDDS_DEFAULT_PROFILES_FILE": "/a.xml", "FASTRTPS_DEFAULT_PROFILES_FILE": "/b.xml"}
+    assert profile_environment(DDS_PROFILE, both) == {}
+
+
 def test_tests_run_with_the_profile():
     # ros_helpers sets it for the test process and the nodes it starts (unless the caller chose another).
     for variable in DDS_PROFILE_VARIABLES:

@@ -91,9 +91,23 @@ def test_launch_file_refers_to_installed_executables_and_existing_params(launch_
     assert ours, f"{launch_file} starts no mono2stereo node"
     for node in ours:
         assert _keyword(node, "executable").value in _entry_points()
+        # Our nodes start with the installed Fast DDS profile unless the environment names one (docs/ros.md).
+        env = _keyword(node, "additional_env")
+        assert isinstance(env, ast.Name), f"{launch_file}: a mono2stereo node without additional_env=<profile env>"
+        assign = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Assign)
+                  and any(isinstance(t, ast.Name) and t.id == env.id for t in n.targets)]
+        assert assign and isinstance(assign[0].value, ast.Call) and assign[0].value.func.id == "profile_environment"
+        assert "PROFILE_FILE_NAME" in ast.unparse(assign[0].value)
     # Every params file the launch file joins onto share/mono2stereo/config exists in config/.
     joins = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "join"]
-    configs = [c.args[-1].value for c in joins if len(c.args) >= 3 and getattr(c.args[1], "value", None) == "config"]
+    from mono2stereo.dds_profile import PROFILE_FILE_NAME
+
+    names = {"PROFILE_FILE_NAME": PROFILE_FILE_NAME}  # constants the launch files import
+    configs = [
+        c.args[-1].value if isinstance(c.args[-1], ast.Constant) else names[c.args[-1].id]
+        for c in joins
+        if len(c.args) >= 3 and getattr(c.args[1], "value", None) == "config"
+    ]
     assert configs
     for name in configs:
         assert (REPO / "config" / name).is_file(), name
