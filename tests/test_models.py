@@ -14,6 +14,7 @@ from skimage import data
 from mono2stereo_core.models import MODEL_NAMES, StereoOutput, build_from_config, build_model, count_macs
 from mono2stereo_core.models.blocks import (
     convex_upsample,
+    discontinuity_upsample,
     groupwise_cost_volume,
     local_soft_argmax,
     warp_correlation,
@@ -195,6 +196,78 @@ def test_convex_upsample_weights_and_shapes():
         convex_upsample(disparity, torch.zeros(1, 9, 3, 4), factor=2)
 
 
+def test_discontinuity_upsample_keeps_steps_sharp_and_ramps_bilinear():
+    # A vertical depth step 10 -> 40 px between coarse columns 3 and 4, upsampled to a non-integer size.
+    step = torch.full((1, 1, 5, 8), 10.0)
+    step[..., 4:] = 40.0
+    size = (14, 23)
+    bilinear = F.interpolate(step, size=size, mode="bilinear", align_corners=False)
+    sharp = discontinuity_upsample(step, size=size, threshold=6.0)
+    assert sharp.shape == (1, 1, *size)
+    # Bilinear puts pixels between the surfaces (flying points); the sharp output has only the two surfaces,
+    # with the edge where the cells meet (pixel-centre aligned, as torch's nearest-exact).
+    assert ((bilinear > 11) & (bilinear < 39)).sum() > 0
+    # (to float rounding: bilinear weights of a constant neighbourhood sum to 1 only within 1e-6)
+    assert (((sharp - 10).abs() < 1e-4) | ((sharp - 40).abs() < 1e-4)).all()
+    torch.testing.assert_close(sharp, F.interpolate(step, size=size, mode="nearest-exact"), rtol=0, atol=1e-4)
+    # A ramp whose 3x3 neighbourhoods span 4 px (< 6) stays exactly bilinear: no terraces on slanted floors.
+    ramp = torch.arange(8, dtype=torch.float32).mul(2.0).expand(1, 1, 5, 8).contiguous()
+    torch.testing.assert_close(discontinuity_upsample(ramp, size=size, threshold=6.0),
+                               F.interpolate(ramp, size=size, mode="bilinear", align_corners=False), rtol=0, atol=0)
+    # Threshold 0 on a random map: every neighbourhood is a "discontinuity", so the output is the nearest cell's
+    # value everywhere; the index arithmetic matches nearest-exact on every size tried.
+    noise = torch.rand(2, 1, 7, 11) * 50
+    for out_size in ((7, 11), (20, 31), (28, 44), (9, 13)):
+        torch.testing.assert_close(discontinuity_upsample(noise, size=out_size, threshold=0.0),
+                                   F.interpolate(noise, size=out_size, mode="nearest-exact"), rtol=0, atol=1e-4)
+
+
+def test_discontinuity_px_sharpens_only_the_no_refinement_networks_output():
+    from mono2stereo_core.models.stereo_net import convert_state_dict
+
+    lean = build_model("m2s_tiny", refine_iterations=0, edge_refinement=False).eval()
+    with torch.no_grad():
+        lean.volume_out.weight.mul_(50.0)  # a decisive (trained-like) cost volume: real discontinuities
+    sharp = build_model("m2s_tiny", refine_iterations=0, edge_refinement=False, discontinuity_px=4).eval()
+    assert sharp.config["discontinuity_px"] == 4.0 and "discontinuity_px" not in lean.config  # 0 is not written
+    assert build_from_config(sharp.config).config == sharp.config
+    converted = convert_state_dict(lean.state_dict(), lean.config, sharp.config)  # no weights change
+    assert converted.keys() == lean.state_dict().keys()
+    sharp.load_state_dict(converted, strict=True)
+    never = build_model("m2s_tiny", refine_iterations=0, edge_refinement=False, discontinuity_px=1e9).eval()
+    never.load_state_dict(converted, strict=True)
+    left, right = torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b, c = (net.forward_train(left, right) for net in (lean, sharp, never))
+    assert len(b.predictions) == 2
+    torch.testing.assert_close(b.predictions[0], a.predictions[0], rtol=0, atol=0)
+    # A threshold nothing exceeds gives the bilinear network exactly; 4 px changes pixels (a random network's
+    # estimate jumps almost everywhere), within the network's range.
+    torch.testing.assert_close(c.disparity, a.disparity, rtol=0, atol=0)
+    assert ((b.disparity - a.disparity).abs() > 1e-3).any()
+    assert b.disparity.min() >= 0 and b.disparity.max() <= sharp.max_disparity
+    assert count_macs(sharp) == count_macs(lean)
+    with pytest.raises(ValueError, match="discontinuity_px > 0 needs refine_iterations=0"):
+        build_model("m2s_tiny", discontinuity_px=4)
+    for bad in (-1.0, "4", True, float("inf")):
+        with pytest.raises(ValueError, match="discontinuity_px must be a number >= 0"):
+            build_model("m2s_tiny", refine_iterations=0, edge_refinement=False, discontinuity_px=bad)
+
+
+def test_discontinuity_px_network_trains_at_a_working_scale():
+    from mono2stereo_core.training.losses import sequence_loss
+
+    torch.manual_seed(0)
+    net = build_model("m2s_tiny", max_disparity=64, refine_iterations=0, edge_refinement=False,
+                      working_scale=1.25, discontinuity_px=6)
+    left, right = torch.rand(2, 3, 64, 96), torch.rand(2, 3, 64, 96)
+    out = net.forward_train(left, right)
+    assert all(p.shape == (2, 1, 64, 96) for p in out.predictions)
+    loss = sequence_loss(out, torch.full((2, 1, 64, 96), 20.0), None, max_disparity=net.max_disparity)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in net.volume_out.parameters())
+
+
 def test_mac_counts_fit_the_budgets():
     macs = {name: count_macs(build_model(name), height=480, width=640) for name in MODEL_NAMES}
     for name, value in macs.items():
@@ -242,6 +315,10 @@ def test_onnx_export_of_the_fast_aggregation_matches_torch():
 def test_onnx_export_of_a_working_scale_network_without_refinement_matches_torch():
     # The shipped default's settings (eighth session): the resize in and out is part of the graph.
     assert _onnx_parity("m2s_rt", **FAST, refine_iterations=0, edge_refinement=False, working_scale=1.4) < 1e-3
+    # ... and with the discontinuity-preserving upsampling (ninth session): its nearest lookup is two Gathers.
+    assert _onnx_parity(
+        "m2s_rt", **FAST, refine_iterations=0, edge_refinement=False, working_scale=1.4, discontinuity_px=6
+    ) < 1e-3
 
 
 @pytest.mark.slow

@@ -9,8 +9,9 @@ The settings that convert (``models.stereo_net.CONVERTIBLE_SETTINGS``): ``edge_r
 exactly what the edge stage received), ``volume_in_kernel`` / ``volume_out_kernel`` 3 -> 1 and
 ``hourglass_upsample`` deconv -> trilinear, more ``refine_iterations`` (copies of the last trained
 iteration) (starting points for fine-tuning, not equivalent networks), fewer ``refine_iterations`` (the last
-ones dropped; 0 ends the network at the 1/4 cost volume's estimate) and any ``working_scale`` (the same weights
-on a pair resized inside the network). The
+ones dropped; 0 ends the network at the 1/4 cost volume's estimate), any ``working_scale`` (the same weights
+on a pair resized inside the network) and any ``discontinuity_px`` (how a network without the 1/2 stage
+upsamples its 1/4 estimate: no weights). The
 training runs do the same conversion on load when ``model.init`` names a checkpoint with other settings; this
 command is for a conversion that is shipped as it is.
 

@@ -285,6 +285,30 @@ def convex_upsample(disparity: Tensor, mask_logits: Tensor, *, factor: int) -> T
     return F.pixel_shuffle(up, factor)
 
 
+def discontinuity_upsample(disparity: Tensor, *, size: tuple[int, int], threshold: float) -> Tensor:
+    """Upsamples a coarse disparity map (values already in output pixels) to ``size`` without inventing depths
+    between two surfaces: bilinear where the 3x3 coarse neighbourhood spans at most ``threshold`` pixels, the
+    covering cell's own value (nearest, pixel-centre aligned) where it spans more, i.e. at depth discontinuities,
+    with a bilinear blend between the two regimes.
+
+    Bilinear interpolation across a discontinuity puts a band of pixels at intermediate disparities (too far
+    from both surfaces: bad-2 errors and flying points in the cloud); the nearest cell's value is always one of
+    the two surfaces. Where the neighbourhood spans less, bilinear's error is at most half the span, and it keeps
+    slanted floors smooth instead of terraced. No weights; ONNX: MaxPool, Resize (linear), Gather.
+    """
+    smooth = F.interpolate(disparity, size=size, mode="bilinear", align_corners=False)
+    # Nearest with pixel-centre alignment (torch's "nearest-exact"), as two index lookups: that mode has no ONNX
+    # export, and the sizes are static, so the indices become constants of the graph.
+    h, w = disparity.shape[-2:]
+    rows = ((torch.arange(size[0], device=disparity.device) + 0.5) * (int(h) / size[0])).long().clamp(max=int(h) - 1)
+    cols = ((torch.arange(size[1], device=disparity.device) + 0.5) * (int(w) / size[1])).long().clamp(max=int(w) - 1)
+    nearest = disparity.index_select(2, rows).index_select(3, cols)
+    # max - min over the 3x3 neighbourhood (max_pool2d's padding never wins the max).
+    spread = F.max_pool2d(disparity, 3, stride=1, padding=1) + F.max_pool2d(-disparity, 3, stride=1, padding=1)
+    edge = F.interpolate((spread > threshold).to(disparity.dtype), size=size, mode="bilinear", align_corners=False)
+    return edge * nearest + (1.0 - edge) * smooth  # exact at edge = 0 and 1
+
+
 class DisparityRefinement(nn.Module):
     """Residual disparity update from a local warped correlation at one resolution.
 

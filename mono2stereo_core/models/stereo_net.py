@@ -3,7 +3,9 @@
 Pipeline (see docs/network.md for the diagram and measured cost):
 shared encoder (1/2, 1/4) -> group-wise correlation volume at 1/4 -> guided 3-D hourglass(es) -> distribution over
 disparity bins -> local soft-argmax -> warped-correlation refinement at 1/2 (one or more iterations) -> convex
-upsampling to full resolution -> image-guided edge refinement at full resolution.
+upsampling to full resolution -> image-guided edge refinement at full resolution. Without the refinement
+(``refine_iterations: 0``) the 1/4 estimate is upsampled bilinearly, or with ``discontinuity_px`` > 0 bilinearly
+except at depth discontinuities, which keep the nearest cell's value (``blocks.discontinuity_upsample``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from mono2stereo_core.models.blocks import (
     Hourglass3d,
     conv3d_bn_relu,
     convex_upsample,
+    discontinuity_upsample,
     groupwise_cost_volume,
     local_soft_argmax,
 )
@@ -100,9 +103,12 @@ _LEGACY_DEFAULTS: dict[str, Any] = {
     "hourglass_upsample": "deconv",
     "edge_refinement": True,
     "working_scale": 1.0,
+    "discontinuity_px": 0.0,
 }
 # Settings every variant accepts (defaulting to the legacy value) without listing them in _VARIANTS.
-_COMMON_SETTINGS = ("volume_in_kernel", "volume_out_kernel", "hourglass_upsample", "edge_refinement", "working_scale")
+_COMMON_SETTINGS = (
+    "volume_in_kernel", "volume_out_kernel", "hourglass_upsample", "edge_refinement", "working_scale", "discontinuity_px"
+)
 # working_scale bounds: below 1/4 nothing of a 640 x 480 image is left to match, above 4 the cost is 16x.
 _WORKING_SCALE_RANGE = (0.25, 4.0)
 
@@ -161,6 +167,7 @@ class StereoNet(nn.Module):
         hourglass_upsample: str = "deconv",
         edge_refinement: bool = True,
         working_scale: float = 1.0,
+        discontinuity_px: float = 0.0,
     ) -> None:
         super().__init__()
         low, high = _WORKING_SCALE_RANGE
@@ -169,6 +176,16 @@ class StereoNet(nn.Module):
         ):
             raise ValueError(f"working_scale must be a number in [{low}, {high}], instead got {working_scale!r}")
         working_scale = float(working_scale)
+        if isinstance(discontinuity_px, bool) or not isinstance(discontinuity_px, (int, float)) or not (
+            0.0 <= discontinuity_px < float("inf")
+        ):
+            raise ValueError(f"discontinuity_px must be a number >= 0 (0: off), instead got {discontinuity_px!r}")
+        discontinuity_px = float(discontinuity_px)
+        if discontinuity_px > 0 and refine_iterations != 0:
+            raise ValueError(
+                "discontinuity_px > 0 needs refine_iterations=0 (it replaces the bilinear upsampling of the 1/4 "
+                f"estimate, which only a network without the 1/2 stage outputs), instead got refine_iterations={refine_iterations}"
+            )
         if not isinstance(edge_refinement, bool):
             raise ValueError(f"edge_refinement must be true or false, instead got {edge_refinement!r}")
         for key, value in dict(volume_in_kernel=volume_in_kernel, volume_out_kernel=volume_out_kernel).items():
@@ -214,6 +231,7 @@ class StereoNet(nn.Module):
             hourglass_upsample=hourglass_upsample,
             edge_refinement=edge_refinement,
             working_scale=working_scale,
+            discontinuity_px=discontinuity_px,
         )
         # A setting at its legacy value is left out, so configs (and the sidecars that store them) of networks
         # that do not use a later-added feature stay identical to those written before it existed.
@@ -221,6 +239,7 @@ class StereoNet(nn.Module):
             if self.config.get(key) == value:
                 del self.config[key]
         self.working_scale = working_scale
+        self.discontinuity_px = discontinuity_px
         # The search range in *input* pixels: a network working on an enlarged pair covers less of the input.
         self.max_disparity: float = max_disparity if working_scale == 1.0 else max_disparity / working_scale
         self.downsample = COST_VOLUME_DOWNSAMPLE
@@ -353,10 +372,16 @@ class StereoNet(nn.Module):
         # only passes gradient to bins near the current arg-max, so without this term (or the distribution
         # loss) a wrong arg-max far from the truth could only creep towards it one bin at a time.
         global_disparity = (log_prob.exp() * self.bin_values.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
-        predictions = [
-            F.interpolate(global_disparity, size=(hw, ww), mode="bilinear", align_corners=False),
-            F.interpolate(disparity4, size=(hw, ww), mode="bilinear", align_corners=False),
-        ]
+        predictions = [F.interpolate(global_disparity, size=(hw, ww), mode="bilinear", align_corners=False)]
+        # discontinuity_px: the (final) 1/4 estimate goes straight to the input size and input pixels, so no
+        # resize afterwards blends its discontinuities again; otherwise it joins the working-resolution maps.
+        sharp = None
+        if self.discontinuity_px > 0:
+            sharp = discontinuity_upsample(
+                disparity4 * to_input, size=(h, w), threshold=self.discontinuity_px
+            )
+        else:
+            predictions.append(F.interpolate(disparity4, size=(hw, ww), mode="bilinear", align_corners=False))
         disparity2 = F.interpolate(disparity4, scale_factor=2, mode="bilinear", align_corners=False)
         full = predictions[-1]
         last = len(self.refinements) - 1
@@ -374,6 +399,8 @@ class StereoNet(nn.Module):
                 F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False) * to_input for p in predictions
             ]
             bin_values = bin_values * to_input
+        if sharp is not None:
+            predictions.append(sharp)
         return StereoOutput(
             disparity=predictions[-1],
             confidence=confidence.clamp(0.0, 1.0),
@@ -427,7 +454,8 @@ def convert_state_dict(
     ``edge_refinement`` true to false (its weights are dropped: the network then ends at the convex upsampling),
     in ``refine_iterations`` (each added iteration, and its upsampling mask, starts as a copy of the last trained
     one: the same update applied again; fewer iterations drop the last ones, down to 0 = the network ends at the
-    1/4 cost volume's estimate) and in ``working_scale`` (no weights change: the same network on a resized pair).
+    1/4 cost volume's estimate), in ``working_scale`` (no weights change: the same network on a resized pair) and
+in ``discontinuity_px`` (no weights: how the 1/4 estimate is upsampled).
 
     A 3x3x3 kernel becomes the 1x1x1 kernel with the same response to a locally constant volume (the sum of
     its taps); a stride-2 transposed conv becomes the 1x1x1 conv after trilinear upsampling with the same mean
@@ -443,7 +471,7 @@ def convert_state_dict(
     for key in differing:
         if key == "refine_iterations" and int(f[key]) == 0:
             raise ValueError("refine_iterations cannot grow from 0: there is no trained iteration to copy")
-        if key in ("refine_iterations", "working_scale"):
+        if key in ("refine_iterations", "working_scale", "discontinuity_px"):
             continue
         if (f[key], w[key]) not in ((3, 1), ("deconv", "trilinear"), (True, False)):
             raise ValueError(
