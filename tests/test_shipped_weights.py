@@ -17,13 +17,15 @@ def _sha256(path: Path) -> str:
 # The default model and the CPU-latency variant shipped beside it. Since the eighth session both are the same
 # weights: m2s_rt_fast's chain (the three shared stages, its own stages, the conversion that dropped the
 # full-resolution edge stage, a CPU stage with the sharpening augmentation), then a second conversion that drops
-# the 1/2-resolution refinement and sets the working scale: 1.4 for the default, 1.2 for the fast variant.
+# the 1/2-resolution refinement and sets the working scale: 1.4 for the default, 1.2 for the fast variant. Since
+# the ninth session the same conversion also sets discontinuity_px (no weights: how the 1/4 estimate is upsampled).
 SHIPPED = ("m2s_rt", "m2s_rt_fast")
 # The sixth session's default (with its 1/2-resolution refinement), kept for the accuracy configuration.
 REFINED = "m2s_rt_refined"
 OWN_RECIPES = ("config/train/pretrain_rt_fast.yaml", "config/train/pretrain_rt_fast_gpu.yaml")
 AFTER_CONVERSION = ("config/train/pretrain_rt_fast_cpu.yaml",)
 WORKING_SCALE = {"m2s_rt": 1.4, "m2s_rt_fast": 1.2}
+DISCONTINUITY_PX = 6.0
 
 
 @pytest.mark.parametrize("stem", SHIPPED)
@@ -48,12 +50,14 @@ def test_sidecar_describes_the_shipped_file(stem):
     last = reproduce.split("   #")[0].split(" && ")[-1]
     assert last.startswith("python training/convert.py --checkpoint runs/pretrain_rt_fast_cpu/checkpoints/")
     assert f"--set working_scale={WORKING_SCALE[stem]}" in last and "--set refine_iterations=0" in last
+    assert f"--set discontinuity_px={DISCONTINUITY_PX:g}" in last
     assert (WEIGHTS / f"{stem}.safetensors").stat().st_size < 20e6
     architecture = sidecar["architecture"]
     fast = {"volume_in_kernel": 1, "volume_out_kernel": 1, "hourglass_upsample": "trilinear"}
     assert all(architecture.get(k) == v for k, v in fast.items())
     assert architecture.get("edge_refinement") is False and architecture["refine_iterations"] == 0
     assert architecture["working_scale"] == WORKING_SCALE[stem]
+    assert architecture["discontinuity_px"] == DISCONTINUITY_PX
     # The sharpening stage's recipe (the last training) is in the sidecar.
     assert sidecar["training"]["recipe"]["data"]["augment"]["sharpen_prob"] == 0.5
     assert sidecar["training"]["recipe"]["optim"]["freeze_batchnorm"] is True
