@@ -33,6 +33,7 @@ __all__ = [
     "disparity_metrics",
     "evaluate_dataset",
     "evaluate_disparity",
+    "flying_pixel_mask",
     "metrics_json",
     "occlusion_from_disparity",
     "sgbm_disparity",
@@ -219,6 +220,36 @@ def depth_edge_mask(disparity: np.ndarray, *, radius: int = EDGE_RADIUS, jump: f
         kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
         seeds = cv2.dilate(seeds.astype(np.uint8), kernel).astype(bool)
     return seeds
+
+
+# A predicted disparity counts as "flying" (a point floating between an object and what lies behind it) when
+# it is more than FLYING_MARGIN px inside the range of the ground truth within FLYING_RADIUS px.
+FLYING_RADIUS = 3
+FLYING_MARGIN = 2.0
+
+
+def flying_pixel_mask(
+    pred: np.ndarray, gt: np.ndarray, *, radius: int = FLYING_RADIUS, margin: float = FLYING_MARGIN
+) -> np.ndarray:
+    """``H x W`` bool: GT-valid pixels whose prediction lies *between* two ground-truth surfaces.
+
+    That is: more than ``margin`` px above the smallest and below the largest finite GT disparity within
+    ``radius`` px (Chebyshev), and more than ``margin`` px from the pixel's own GT. Such pixels become points
+    floating in the empty space between an object and its background in the point cloud (what interpolating
+    across a depth edge produces); a wrong but surface-like answer is a bad pixel, not a flying one. Holes in
+    ``pred`` are never flying.
+    """
+    p = _as_disparity(pred, name="predicted")
+    g = _as_disparity(gt, name="ground-truth")
+    if p.shape != g.shape:
+        raise ValueError(f"predicted disparity shape {p.shape} differs from ground truth {g.shape}")
+    valid = np.isfinite(g)
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    big = np.float32(1e9)  # stands in for "no ground truth here" in the min / max filters
+    low = cv2.erode(np.where(valid, g, big).astype(np.float32), kernel, borderType=cv2.BORDER_REPLICATE)
+    high = cv2.dilate(np.where(valid, g, -big).astype(np.float32), kernel, borderType=cv2.BORDER_REPLICATE)
+    with np.errstate(invalid="ignore"):
+        return valid & np.isfinite(p) & (p > low + margin) & (p < high - margin) & (np.abs(p - g) > margin)
 
 
 def occlusion_from_disparity(
@@ -550,9 +581,10 @@ def evaluate_dataset(
     ``<scene>_disparity.png`` (the method's colorized disparity).
 
     The report has the pooled all-pixel metrics at the top level (``METRIC_KEYS``), ``noc``, ``edge``,
-    ``interior`` and (with ``compare_fn``) ``both``, ``both_edge``, ``both_interior`` sub-dicts, ``compare``
-    (the comparison method's metrics on each of those regions), ``scenes`` (the same per scene, plus timing) and ``timing``. Pooling adds pixel counts, so
-    every scored pixel of every scene weighs the same.
+    ``interior`` and (with ``compare_fn``) ``both``, ``both_edge``, ``both_interior`` sub-dicts, ``flying`` (percent
+    of GT-valid pixels predicted between two GT surfaces, :func:`flying_pixel_mask`), ``compare`` (the comparison
+    method's metrics on each of those regions, and its ``flying``), ``scenes`` (the same per scene, plus timing)
+    and ``timing``. Pooling adds pixel counts, so every scored pixel of every scene weighs the same.
     """
     import time
     from pathlib import Path
@@ -563,6 +595,8 @@ def evaluate_dataset(
 
     out_path = Path(out_dir) if out_dir is not None else None
     totals: dict[str, DisparityMetrics] = {}
+    flying_totals: dict[str, int] = {}
+    flying_valid = 0
     scenes = []
     total = len(samples) if hasattr(samples, "__len__") else None
     predict_seconds = 0.0
@@ -587,7 +621,15 @@ def evaluate_dataset(
         metrics = evaluate_disparity(pred, gt, compare=compare, occlusion=occlusion)
         for key, value in metrics.items():
             totals[key] = totals.get(key, DisparityMetrics()) + value
+        n_valid = int(np.isfinite(gt).sum())
+        flying = {"ours": int(flying_pixel_mask(pred, gt).sum())}
+        if compare is not None:
+            flying["compare"] = int(flying_pixel_mask(compare, gt).sum())
+        for key, count in flying.items():
+            flying_totals[key] = flying_totals.get(key, 0) + count
+        flying_valid += n_valid
         scene = _report_section(metrics)
+        _add_flying(scene, flying, n_valid)
         scene.update(
             name=sample.name,
             height=int(gt.shape[0]),
@@ -619,6 +661,7 @@ def evaluate_dataset(
     if not scenes:
         raise ValueError("evaluate_dataset got no samples to score")
     report = _report_section(totals)
+    _add_flying(report, flying_totals, flying_valid)
     report.update(
         method=method_name,
         compare_method=compare_name if compare_fn is not None else None,
@@ -631,6 +674,14 @@ def evaluate_dataset(
         },
     )
     return report
+
+
+def _add_flying(section: dict, counts: dict[str, int], n_valid: int) -> None:
+    """``flying`` (percent of GT-valid pixels, :func:`flying_pixel_mask`) for the method and the comparison."""
+    percent = lambda count: _json_number(100.0 * count / n_valid if n_valid else math.nan)  # noqa: E731
+    section["flying"] = percent(counts["ours"])
+    if "compare" in counts and "compare" in section:
+        section["compare"]["flying"] = percent(counts["compare"])
 
 
 def _report_section(metrics: dict[str, DisparityMetrics]) -> dict:

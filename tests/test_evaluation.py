@@ -25,6 +25,7 @@ from mono2stereo_core.evaluation import (
     disparity_metrics,
     evaluate_dataset,
     evaluate_disparity,
+    flying_pixel_mask,
     occlusion_from_disparity,
     sgbm_disparity,
     sgbm_num_disparities,
@@ -241,6 +242,29 @@ def test_depth_edge_mask_marks_boundaries_not_slanted_surfaces():
     assert depth_edge_mask(d, radius=0).sum() == 4 * 12
 
 
+def test_flying_pixels_are_predictions_between_two_surfaces():
+    # A wall at 10 px with a box at 40 px in columns 20..29; one unknown column.
+    gt = np.full((12, 40), 10.0, np.float32)
+    gt[:, 20:30] = 40.0
+    gt[:, 35] = np.inf
+    blurred = cv2.blur(np.where(np.isfinite(gt), gt, 10.0), (7, 1))  # what interpolating across the edge does
+    flying = flying_pixel_mask(blurred, gt)
+    # The ramps on both sides of the box (values strictly between 12 and 38) and nothing elsewhere.
+    ramp = (blurred > 12) & (blurred < 38) & (np.abs(blurred - gt) > 2)
+    assert flying.sum() > 0 and (flying == (ramp & np.isfinite(gt))).all()
+    # A sharp but misplaced edge (the box 2 px too wide) is wrong, not flying; neither are holes, a uniform error
+    # of less than the margin, or a wrong value outside the window's range.
+    fat = gt.copy()
+    fat[:, 18:32] = 40.0
+    assert not flying_pixel_mask(fat, gt).any()
+    holes = np.where(blurred > 20, np.nan, blurred)
+    assert not (flying_pixel_mask(holes, gt) & np.isnan(holes)).any()
+    assert not flying_pixel_mask(gt + 1.5, gt).any()
+    assert not flying_pixel_mask(np.full_like(gt, 60.0), gt).any()
+    with pytest.raises(ValueError, match="differs from ground truth"):
+        flying_pixel_mask(gt[:, 1:], gt)
+
+
 def test_sgbm_rejects_bad_arguments(motorcycle):
     with pytest.raises(ValueError, match="multiple of 16, instead got 70"):
         sgbm_disparity(motorcycle.left, motorcycle.right, num_disparities=70)
@@ -263,6 +287,10 @@ def test_evaluate_dataset_with_injected_predictor_writes_pngs(tmp_path, motorcyc
     assert report["bad2"] < 1.0 and report["compare"]["all"]["bad2"] == pytest.approx(20.0, abs=0.3)
     assert report["both"]["n_pixels"] == report["compare"]["both"]["n_pixels"]
     assert report["scenes"][0]["name"] == "motorcycle"
+    # Noise of 0.5 px around the ground truth puts nothing between surfaces; SGBM's speckle at edges does a little.
+    assert report["flying"] == pytest.approx(0.0, abs=0.05)
+    assert 0.0 <= report["compare"]["flying"] < 5.0
+    assert report["scenes"][0]["flying"] == report["flying"]
     sheet = cv2.imread(str(tmp_path / "motorcycle_side_by_side.png"))
     assert sheet is not None and sheet.shape[1] == 4 * 480 + 3 * 2
     assert (tmp_path / "motorcycle_disparity.png").is_file()

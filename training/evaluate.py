@@ -10,7 +10,8 @@ disp0GT.pfm, calib.txt), a folder of such scenes, or a KITTI 2012/2015 folder. W
 epe, bad1, bad2, bad3, d1_all, density over all ground-truth-valid pixels (holes count as errors), the
 same under "noc" (pixels visible in both views), "edge" / "interior" (within 2 px of a ground-truth depth
 discontinuity or not) and, when comparing, under "both" (pixels both methods predict), "both_edge",
-"both_interior" and "compare"; per-scene entries; method, checkpoint and timing. Each scene also gets
+"both_interior" and "compare"; "flying" (percent of GT-valid pixels predicted between two GT surfaces: points
+floating in the cloud); per-scene entries; method, checkpoint and timing. Each scene also gets
 OUT/<scene>_side_by_side.png (left | GT | ours | SGBM, occlusion | bad-2 | error maps) and
 OUT/<scene>_disparity.png. Metric definitions: docs/evaluation.md.
 """
@@ -204,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{region:<13}: {args.method} bad2 {bad2(report[region])}  sgbm bad2 {bad2(report['compare'][region])}"
                 + (f"  ({share:.1f} % of the 'both' pixels lie within 2 px of a depth edge)" if region == "both_edge" else "")
             )
+    # Points floating between an object and its background in the cloud (evaluation.flying_pixel_mask).
+    flying = f"{report['flying']:.2f} %" if report["flying"] is not None else "-"
+    if "both" in report and report["compare"].get("flying") is not None:
+        flying += f"  sgbm {report['compare']['flying']:.2f} %"
+    print(f"flying pixels (between two GT surfaces, > 2 px from both): {args.method} {flying}")
     if len(report["scenes"]) > 1:
         print_scene_table(report["scenes"], method=args.method)
     print(f"report: {args.out / 'report.json'}")
