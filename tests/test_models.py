@@ -102,6 +102,10 @@ def test_cost_volume_bins_correlate_left_x_with_right_x_minus_d():
         expected = (left[..., d:] * right[..., : 20 - d]).reshape(1, 2, 4, 5, 20 - d).mean(2)
         assert torch.allclose(volume[:, :, d, :, d:], expected, atol=1e-6)
         assert torch.all(volume[:, :, d, :, :d] == 0)
+    # More bins than columns (a narrow crop): the bins past the width are all zero.
+    narrow = groupwise_cost_volume(left[..., :4], right[..., :4], num_bins=6, groups=2)
+    assert narrow.shape == (1, 2, 6, 5, 4) and torch.all(narrow[:, :, 4:] == 0)
+    torch.testing.assert_close(narrow[:, :, :4], volume[..., :4][:, :, :4], rtol=0, atol=1e-6)
 
 
 def test_warp_correlation_peaks_at_the_true_disparity_on_motorcycle(motorcycle):
