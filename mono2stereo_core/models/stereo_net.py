@@ -377,9 +377,7 @@ class StereoNet(nn.Module):
         # resize afterwards blends its discontinuities again; otherwise it joins the working-resolution maps.
         sharp = None
         if self.discontinuity_px > 0:
-            sharp = discontinuity_upsample(
-                disparity4 * to_input, size=(h, w), threshold=self.discontinuity_px
-            )
+            sharp = discontinuity_upsample(disparity4 * to_input, size=(h, w), threshold=self.discontinuity_px)
         else:
             predictions.append(F.interpolate(disparity4, size=(hw, ww), mode="bilinear", align_corners=False))
         disparity2 = F.interpolate(disparity4, scale_factor=2, mode="bilinear", align_corners=False)
@@ -455,7 +453,7 @@ def convert_state_dict(
     in ``refine_iterations`` (each added iteration, and its upsampling mask, starts as a copy of the last trained
     one: the same update applied again; fewer iterations drop the last ones, down to 0 = the network ends at the
     1/4 cost volume's estimate), in ``working_scale`` (no weights change: the same network on a resized pair) and
-in ``discontinuity_px`` (no weights: how the 1/4 estimate is upsampled).
+    in ``discontinuity_px`` (no weights: how the 1/4 estimate is upsampled).
 
     A 3x3x3 kernel becomes the 1x1x1 kernel with the same response to a locally constant volume (the sum of
     its taps); a stride-2 transposed conv becomes the 1x1x1 conv after trilinear upsampling with the same mean
