@@ -596,7 +596,6 @@ def evaluate_dataset(
     out_path = Path(out_dir) if out_dir is not None else None
     totals: dict[str, DisparityMetrics] = {}
     flying_totals: dict[str, int] = {}
-    flying_valid = 0
     scenes = []
     total = len(samples) if hasattr(samples, "__len__") else None
     predict_seconds = 0.0
@@ -621,15 +620,13 @@ def evaluate_dataset(
         metrics = evaluate_disparity(pred, gt, compare=compare, occlusion=occlusion)
         for key, value in metrics.items():
             totals[key] = totals.get(key, DisparityMetrics()) + value
-        n_valid = int(np.isfinite(gt).sum())
         flying = {"ours": int(flying_pixel_mask(pred, gt).sum())}
         if compare is not None:
             flying["compare"] = int(flying_pixel_mask(compare, gt).sum())
         for key, count in flying.items():
             flying_totals[key] = flying_totals.get(key, 0) + count
-        flying_valid += n_valid
         scene = _report_section(metrics)
-        _add_flying(scene, flying, n_valid)
+        _add_flying(scene, flying, metrics["all"].n_scored)
         scene.update(
             name=sample.name,
             height=int(gt.shape[0]),
@@ -661,7 +658,7 @@ def evaluate_dataset(
     if not scenes:
         raise ValueError("evaluate_dataset got no samples to score")
     report = _report_section(totals)
-    _add_flying(report, flying_totals, flying_valid)
+    _add_flying(report, flying_totals, totals["all"].n_scored)
     report.update(
         method=method_name,
         compare_method=compare_name if compare_fn is not None else None,
@@ -677,7 +674,8 @@ def evaluate_dataset(
 
 
 def _add_flying(section: dict, counts: dict[str, int], n_valid: int) -> None:
-    """``flying`` (percent of GT-valid pixels, :func:`flying_pixel_mask`) for the method and the comparison."""
+    """``flying`` (percent of the ``n_valid`` GT-valid pixels, i.e. the all-pixel region's ``n_scored``;
+    :func:`flying_pixel_mask`) for the method and the comparison."""
     percent = lambda count: _json_number(100.0 * count / n_valid if n_valid else math.nan)  # noqa: E731
     section["flying"] = percent(counts["ours"])
     if "compare" in counts and "compare" in section:
