@@ -13,6 +13,7 @@ from skimage import data
 
 from mono2stereo_core.models import MODEL_NAMES, StereoOutput, build_from_config, build_model, count_macs
 from mono2stereo_core.models.blocks import (
+    Hourglass3d,
     convex_upsample,
     discontinuity_upsample,
     groupwise_cost_volume,
@@ -348,6 +349,27 @@ def test_fast_aggregation_settings_round_trip_and_cost_less():
         build_model("m2s_rt", volume_in_kernel=5)
     with pytest.raises(ValueError, match="'deconv' or 'trilinear'"):
         build_model("m2s_rt", hourglass_upsample="nearest")
+
+
+def test_trilinear_hourglass_upsampling_reordered_gives_the_textbook_values():
+    """The hourglass convolves (and, in eval mode, batch-normalises) before its 2x trilinear upsampling: the same
+    values as upsample -> conv -> batch norm in both modes, at 1/8 of the conv's voxels."""
+    torch.manual_seed(0)
+    hourglass = Hourglass3d(channels=4, feature_channels=8, upsample="trilinear")
+    norm = hourglass.up[1]
+    norm.running_mean.uniform_(-1.0, 1.0)
+    norm.running_var.uniform_(0.5, 2.0)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.bias.data.uniform_(-1.0, 1.0)
+    low = torch.randn(2, 8, 6, 10, 12)
+    for training in (False, True):
+        hourglass.train(training)
+        textbook = norm(hourglass.up[0].conv(F.interpolate(low, scale_factor=2, mode="trilinear", align_corners=False)))
+        assert torch.allclose(hourglass._upsample(low), textbook, atol=1e-5)
+    # Batch statistics of the low-resolution volume differ from the upsampled one's: training keeps the order.
+    hourglass.train(True)
+    early = F.interpolate(norm(hourglass.up[0].conv(low)), scale_factor=2, mode="trilinear", align_corners=False)
+    assert not torch.allclose(early, hourglass._upsample(low), atol=1e-3)
 
 
 def test_converted_weights_keep_the_response_to_constant_volumes(tmp_path):

@@ -180,7 +180,25 @@ class Hourglass3d(nn.Module):
 
     def forward(self, volume: Tensor, features: Tensor) -> Tensor:
         low = self.excite_low(self.down(volume), F.avg_pool2d(features, 2))
-        return self.excite_high(F.relu(volume + self.up(low)), features)
+        return self.excite_high(F.relu(volume + self._upsample(low)), features)
+
+    def _upsample(self, low: Tensor) -> Tensor:
+        """``self.up(low)``; with ``TrilinearUp`` computed in the cheaper order that gives the same values.
+
+        The 1x1x1 conv (no bias) is linear per voxel and trilinear interpolation is linear per channel with
+        weights summing to 1, so they commute: convolving first halves the channels the 5-D upsampling writes
+        and runs the conv on 1/8 of the voxels. In eval mode batch norm is a per-channel affine map and moves
+        before the upsampling too (in training its batch statistics belong to the upsampled volume, so it stays
+        after). ONNX Runtime, default network at 640 x 480: the hourglass's Resize was 18 % of the frame.
+        """
+        up, norm = self.up
+        if not isinstance(up, TrilinearUp):
+            return norm(up(low))
+        reduced = up.conv(low)
+        if not self.training:
+            reduced = norm(reduced)
+        upsampled = F.interpolate(reduced, scale_factor=2, mode="trilinear", align_corners=False)
+        return norm(upsampled) if self.training else upsampled
 
 
 def channel_log_softmax(x: Tensor) -> Tensor:
