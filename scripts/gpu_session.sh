@@ -4,7 +4,8 @@
 #   OUT=gpu_out BUDGET_S=540 bash scripts/gpu_session.sh
 #   OUT=gpu_out BUDGET_S=540 CHECKS=0 RUNS="pretrain_rt_gpu2" bash scripts/gpu_session.sh   # training only
 #
-# RUNS: the config/train/<run>.yaml recipes trained side by side (default: the fourth session's two);
+# RUNS: the config/train/<run>.yaml recipes trained side by side (default since the tenth session:
+# pretrain_rt_ws_gpu, the shipped default's architecture; carry runs/pretrain_rt_fast_cpu/checkpoints/step_0001000.*);
 # CHECKS=0 skips steps 1 and 2 (the scene cache is still rendered first, on every core).
 # 1. bench/gpu_check.py for m2s_rt and m2s_rt_fast (torch CUDA fp32/fp16 +- CUDA graphs, ONNX Runtime CUDA /
 #    TensorRT where installed, parity against the CPU) -> $OUT/gpu_check_<model>.md
@@ -21,7 +22,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 BUDGET_S=${BUDGET_S:-540}
 PY=${PY:-python3}
-RUNS=${RUNS:-"pretrain_rt_fast_gpu pretrain_rt_gpu"}
+RUNS=${RUNS:-"pretrain_rt_ws_gpu"}
 CHECKS=${CHECKS:-1}
 for run in $RUNS; do
     [ -f "config/train/$run.yaml" ] || { echo "config/train/$run.yaml does not exist"; exit 2; }

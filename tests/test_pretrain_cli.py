@@ -182,3 +182,28 @@ def test_mixed_dataset_draws_the_requested_share_deterministically():
     assert [mix[i] for i in range(50)] != [MixedDataset(Tagged("procedural", 4000), Tagged("photo", 7), fraction=0.3, seed=6)[i] for i in range(50)]
     with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
         MixedDataset(Tagged("a", 1), Tagged("b", 1), fraction=1.5)
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "config" / "train").glob("pretrain_*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_pretraining_recipe_validates_and_builds_its_network(recipe):
+    """A recipe written for a GPU lease is run far from here: a typo in it (an unknown key, a setting the
+    network rejects) must fail in CI, not on the lent machine. Its init checkpoint is not loaded (it may live
+    only where the run happens)."""
+    from mono2stereo_core.models import build_model
+    from mono2stereo_core.training.config import load_config
+
+    config = load_config(recipe)
+    model = config["model"]
+    network = build_model(model["name"], max_disparity=int(model["max_disparity"]), **dict(model.get("overrides") or {}))
+    assert network.config["name"] == model["name"]
+
+
+def test_gpu_session_default_runs_are_recipes():
+    """scripts/gpu_session.sh trains its default RUNS when a lease comes: each must be a recipe in config/train."""
+    import re
+
+    text = (REPO / "scripts" / "gpu_session.sh").read_text()
+    runs = re.search(r'^RUNS=\$\{RUNS:-"([^"]+)"\}', text, re.MULTILINE)
+    assert runs, "RUNS default not found in scripts/gpu_session.sh"
+    for run_name in runs.group(1).split():
+        assert (REPO / "config" / "train" / f"{run_name}.yaml").is_file(), run_name
