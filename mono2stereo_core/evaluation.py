@@ -13,8 +13,10 @@ method's disparity there is finite.
 - ``density``: percent of scored pixels that are predicted.
 
 Regions: ``all`` (every GT-valid pixel), ``noc`` (GT-valid and visible in the right view, see
-:func:`occlusion_from_disparity`), ``both`` (GT-valid and predicted by *both* the method and a comparison
-method; density is 100 there by construction, so the comparison is purely about accuracy).
+:func:`occlusion_from_disparity`), ``occ`` (the rest: not visible in the right view) and ``occ_border`` (the
+part of ``occ`` left of the right camera's view, ``x - gt < -0.5``), ``both`` (GT-valid and predicted by *both*
+the method and a comparison method; density is 100 there by construction, so the comparison is purely about
+accuracy).
 
 Metrics are kept as pixel counts (:class:`DisparityMetrics`), so several scenes pool exactly by adding
 counts; the pooled numbers weight every scored pixel equally.
@@ -157,10 +159,12 @@ def evaluate_disparity(
     compare: np.ndarray | None = None,
     occlusion: np.ndarray | None = None,
 ) -> dict[str, DisparityMetrics]:
-    """Metrics of ``pred`` on the ``all``, ``noc``, ``edge``, ``interior`` and (with ``compare``) ``both`` regions.
+    """Metrics of ``pred`` on the ``all``, ``noc``, ``occ``, ``occ_border``, ``edge``, ``interior`` and (with
+    ``compare``) ``both`` regions.
 
     ``occlusion`` (``H x W`` bool, True = not visible in the right view) defaults to
-    :func:`occlusion_from_disparity` of ``gt``. ``edge`` are the GT-valid pixels within
+    :func:`occlusion_from_disparity` of ``gt``; ``occ`` is that mask, ``occ_border`` its pixels whose match would
+    lie left of the right image (``x - gt < -0.5``: no method can match them, only guess). ``edge`` are the GT-valid pixels within
     ``EDGE_RADIUS`` px of a ground-truth depth discontinuity (:func:`depth_edge_mask`), ``interior`` the rest:
     they say whether errors come from localising object boundaries or from matching surfaces. With
     ``compare`` (another method's ``H x W`` disparity) the result also has ``both`` (pred's metrics where
@@ -172,9 +176,13 @@ def evaluate_disparity(
     if occ.shape != g.shape:
         raise ValueError(f"occlusion mask shape {occ.shape} differs from ground truth {g.shape}")
     edge = depth_edge_mask(g)
+    with np.errstate(invalid="ignore"):
+        border = occ & (np.arange(g.shape[1], dtype=np.float32)[None, :] - g < -0.5)
     out = {
         "all": disparity_metrics(pred, g),
         "noc": disparity_metrics(pred, g, mask=~occ),
+        "occ": disparity_metrics(pred, g, mask=occ),
+        "occ_border": disparity_metrics(pred, g, mask=border),
         "edge": disparity_metrics(pred, g, mask=edge),
         "interior": disparity_metrics(pred, g, mask=~edge),
     }
@@ -186,7 +194,9 @@ def evaluate_disparity(
         regions = {"both": both, "both_edge": both & edge, "both_interior": both & ~edge}
         for name, mask in regions.items():
             out[name] = disparity_metrics(pred, g, mask=mask)
-        for name, mask in {"all": None, "noc": ~occ, "edge": edge, "interior": ~edge, **regions}.items():
+        for name, mask in {
+            "all": None, "noc": ~occ, "occ": occ, "occ_border": border, "edge": edge, "interior": ~edge, **regions
+        }.items():
             out[f"compare_{name}"] = disparity_metrics(c, g, mask=mask)
     return out
 
@@ -580,8 +590,9 @@ def evaluate_dataset(
     With ``out_dir`` each scene gets ``<scene>_side_by_side.png`` (:func:`side_by_side_image`) and
     ``<scene>_disparity.png`` (the method's colorized disparity).
 
-    The report has the pooled all-pixel metrics at the top level (``METRIC_KEYS``), ``noc``, ``edge``,
-    ``interior`` and (with ``compare_fn``) ``both``, ``both_edge``, ``both_interior`` sub-dicts, ``flying`` (percent
+    The report has the pooled all-pixel metrics at the top level (``METRIC_KEYS``), ``noc``, ``occ``,
+    ``occ_border``, ``edge``, ``interior`` and (with ``compare_fn``) ``both``, ``both_edge``, ``both_interior``
+    sub-dicts, ``flying`` (percent
     of GT-valid pixels predicted between two GT surfaces, :func:`flying_pixel_mask`), ``compare`` (the comparison
     method's metrics on each of those regions, and its ``flying``), ``scenes`` (the same per scene, plus timing)
     and ``timing``. Pooling adds pixel counts, so every scored pixel of every scene weighs the same.
@@ -684,7 +695,7 @@ def _add_flying(section: dict, counts: dict[str, int], n_valid: int) -> None:
 
 def _report_section(metrics: dict[str, DisparityMetrics]) -> dict:
     section: dict = dict(metrics_json(metrics["all"]))
-    for region in ("noc", "edge", "interior", "both", "both_edge", "both_interior"):
+    for region in ("noc", "occ", "occ_border", "edge", "interior", "both", "both_edge", "both_interior"):
         if region in metrics:
             section[region] = metrics_json(metrics[region])
     if "both" in metrics:

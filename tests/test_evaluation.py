@@ -117,6 +117,21 @@ def test_occlusion_of_a_foreground_block_is_exactly_the_covered_band():
     assert np.array_equal(occ[0], expected)
 
 
+def test_occluded_regions_split_the_all_pixel_errors():
+    """``occ`` is the GT occlusion mask, ``occ_border`` its part left of the right image; a prediction that
+    continues the foreground into its occlusion is wrong there and nowhere else."""
+    gt = np.full((3, 60), 2.0, np.float32)
+    gt[:, 20:30] = 10.0  # occluded: columns 0-1 (out of the right view) and 12-19 (behind the block)
+    pred = gt.copy()
+    pred[:, 12:20] = 10.0  # the foreground continued leftwards
+    pred[:, 1] = 5.0  # a wrong guess at the left border
+    r = evaluate_disparity(pred, gt, compare=gt)
+    assert r["occ"].n_scored == 3 * 10 and r["occ"].bad2 == pytest.approx(90.0)
+    assert r["occ_border"].n_scored == 3 * 2 and r["occ_border"].bad2 == pytest.approx(50.0)
+    assert r["noc"].bad2 == 0.0 and r["all"].n_bad2 == r["occ"].n_bad2
+    assert r["compare_occ"].bad2 == 0.0 and r["compare_occ_border"].n_scored == 6
+
+
 def test_occlusion_slanted_surface_does_not_occlude_itself():
     gt = np.tile(np.linspace(10, 40, 200, dtype=np.float32), (4, 1))  # slope 0.15 px/px, one surface
     occ = occlusion_from_disparity(gt)

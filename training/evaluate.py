@@ -8,7 +8,8 @@
 --data is "motorcycle" or "aloe" (real pairs bundled, no download; "real" = both), a Middlebury-2014 scene folder (im0.png, im1.png,
 disp0GT.pfm, calib.txt), a folder of such scenes, or a KITTI 2012/2015 folder. Writes OUT/report.json:
 epe, bad1, bad2, bad3, d1_all, density over all ground-truth-valid pixels (holes count as errors), the
-same under "noc" (pixels visible in both views), "edge" / "interior" (within 2 px of a ground-truth depth
+same under "noc" (pixels visible in both views), "occ" / "occ_border" (not visible in the right view / of those
+the ones left of its image), "edge" / "interior" (within 2 px of a ground-truth depth
 discontinuity or not) and, when comparing, under "both" (pixels both methods predict), "both_edge",
 "both_interior" and "compare"; "flying" (percent of GT-valid pixels predicted between two GT surfaces: points
 floating in the cloud); per-scene entries; method, checkpoint and timing. Each scene also gets
@@ -205,6 +206,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"{region:<13}: {args.method} bad2 {bad2(report[region])}  sgbm bad2 {bad2(report['compare'][region])}"
                 + (f"  ({share:.1f} % of the 'both' pixels lie within 2 px of a depth edge)" if region == "both_edge" else "")
             )
+    # How much of the all-pixel bad-2 is occluded pixels (no match exists; the left border not even a partner
+    # column): points of the all-pixel number, and the regions' own bad-2.
+    n_all = max(report["n_pixels"], 1)
+
+    def share_of(section: dict) -> tuple[float, float]:
+        bad = section["bad2"] or 0.0
+        return 100.0 * section["n_pixels"] / n_all, bad * section["n_pixels"] / n_all
+
+    occ_pct, occ_points = share_of(report["occ"])
+    border_pct, border_points = share_of(report["occ_border"])
+    if report["occ"]["bad2"] is not None:
+        print(
+            f"occluded     : {args.method} bad2 {report['occ']['bad2']:.2f} on {occ_pct:.1f} % of the GT pixels = "
+            f"{occ_points:.2f} of the all-pixel {report['bad2']:.2f} points (left border {border_pct:.1f} % of the "
+            f"pixels, {border_points:.2f} points)"
+        )
     # Points floating between an object and its background in the cloud (evaluation.flying_pixel_mask).
     flying = f"{report['flying']:.2f} %" if report["flying"] is not None else "-"
     if "both" in report and report["compare"].get("flying") is not None:
