@@ -164,8 +164,8 @@ def evaluate_disparity(
 
     ``occlusion`` (``H x W`` bool, True = not visible in the right view) defaults to
     :func:`occlusion_from_disparity` of ``gt``; ``occ`` is that mask, ``occ_border`` its pixels whose match would
-    lie left of the right image (``x - gt < -0.5``: no method can match them, only guess). ``edge`` are the GT-valid pixels within
-    ``EDGE_RADIUS`` px of a ground-truth depth discontinuity (:func:`depth_edge_mask`), ``interior`` the rest:
+    lie left of the right image (``x - gt < -0.5``: no method can match them, only guess). ``edge`` are the
+    GT-valid pixels within ``EDGE_RADIUS`` px of a ground-truth depth discontinuity (:func:`depth_edge_mask`), ``interior`` the rest:
     they say whether errors come from localising object boundaries or from matching surfaces. With
     ``compare`` (another method's ``H x W`` disparity) the result also has ``both`` (pred's metrics where
     both predict), ``both_edge`` / ``both_interior`` (the same split) and ``compare_*`` (the comparison
@@ -592,8 +592,7 @@ def evaluate_dataset(
 
     The report has the pooled all-pixel metrics at the top level (``METRIC_KEYS``), ``noc``, ``occ``,
     ``occ_border``, ``edge``, ``interior`` and (with ``compare_fn``) ``both``, ``both_edge``, ``both_interior``
-    sub-dicts, ``flying`` (percent
-    of GT-valid pixels predicted between two GT surfaces, :func:`flying_pixel_mask`), ``compare`` (the comparison
+    sub-dicts, ``flying`` (percent of GT-valid pixels predicted between two GT surfaces, :func:`flying_pixel_mask`), ``compare`` (the comparison
     method's metrics on each of those regions, and its ``flying``), ``scenes`` (the same per scene, plus timing)
     and ``timing``. Pooling adds pixel counts, so every scored pixel of every scene weighs the same.
     """

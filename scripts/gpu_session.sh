@@ -5,7 +5,7 @@
 #   OUT=gpu_out BUDGET_S=540 CHECKS=0 RUNS="pretrain_rt_gpu2" bash scripts/gpu_session.sh   # training only
 #
 # RUNS: the config/train/<run>.yaml recipes trained side by side (default since the tenth session:
-# pretrain_rt_ws_gpu, the shipped default's architecture; carry runs/pretrain_rt_fast_cpu/checkpoints/step_0001000.*);
+# pretrain_rt_ws_gpu, the shipped default's architecture; carry runs/convert/m2s_rt_ws149_dc6_bn.*);
 # CHECKS=0 skips steps 1 and 2 (the scene cache is still rendered first, on every core).
 # 1. bench/gpu_check.py for m2s_rt and m2s_rt_fast (torch CUDA fp32/fp16 +- CUDA graphs, ONNX Runtime CUDA /
 #    TensorRT where installed, parity against the CPU) -> $OUT/gpu_check_<model>.md

@@ -1,0 +1,36 @@
+"""bench/bench_latency.py's pooling of interleaved rounds (the benchmark itself is not a test)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "bench_latency.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_latency", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rounds_pool_their_samples_and_keep_the_highest_memory():
+    bench = _bench()
+    rounds = [
+        {"median_ms": 10.0, "times_ms": [9.0, 10.0, 11.0], "peak_rss_mb": 100.0, "model_mem_mb": 40.0, "weights": "x"},
+        {"median_ms": 30.0, "times_ms": [29.0, 30.0, 31.0, 32.0], "peak_rss_mb": 120.0, "model_mem_mb": 35.0, "weights": "x"},
+    ]
+    row = bench.pooled(rounds)
+    assert row["median_ms"] == 29.0 and row["iterations"] == 7  # the median of all seven samples
+    assert row["p90_ms"] == pytest.approx(31.4)
+    assert row["peak_rss_mb"] == 120.0 and row["model_mem_mb"] == 40.0
+    assert row["round_ms"] == [10.0, 30.0] and row["weights"] == "x"
+
+
+def test_time_call_returns_its_samples():
+    bench = _bench()
+    timing = bench.time_call(lambda: None, min_iterations=4, max_seconds=0.0, warmup=0)
+    assert timing["iterations"] == len(timing["times_ms"]) == 4
