@@ -89,6 +89,31 @@ def build_network(config: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, An
     return network, init_sidecar
 
 
+# Written by save_checkpoint from the network and the file; never copied from a source checkpoint's sidecar.
+COMPUTED_SIDECAR_KEYS = ("format", "version", "architecture", "max_disparity", "stride", "num_parameters",
+                         "gmac_640x480", "weights_file", "weights_sha256")
+
+
+def check_output_checkpoint(parser: argparse.ArgumentParser, out: Path, *, force: bool) -> None:
+    """``--out`` of a command that writes one checkpoint: a .safetensors path that does not exist unless
+    ``force`` (argparse's usage error otherwise)."""
+    if out.suffix != ".safetensors":
+        parser.error(f"--out must end in .safetensors, instead got {out}")
+    if out.exists() and not force:
+        parser.error(f"{out} exists (pass --force to overwrite)")
+
+
+def derived_sidecar(source: dict[str, Any], key: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar of a checkpoint made from another without training it (convert, recalibrate): the source's
+    entries (recipe, data, step) except the computed ones and its in-run ``validation`` (which described the
+    source network), ``record`` under ``key``, and ``reproduce`` = the source's command, then this one."""
+    sidecar = {k: v for k, v in source.items() if k not in COMPUTED_SIDECAR_KEYS and k != "validation"}
+    sidecar[key] = record
+    steps = [source["reproduce"]] if source.get("reproduce") else []
+    sidecar["reproduce"] = " && ".join([*steps, command_line()])
+    return sidecar
+
+
 def command_line() -> str:
     """The command as typed (relative to the repository root), for the reproduce entry of the sidecar."""
     script = Path(sys.argv[0])

@@ -28,17 +28,13 @@ import sys
 from pathlib import Path
 
 import torch
-from common import command_line  # also puts the checkout on sys.path
+from common import check_output_checkpoint, derived_sidecar  # also puts the checkout on sys.path
 
 from mono2stereo_core.models import build_from_config, load_model, save_checkpoint  # noqa: E402
 from mono2stereo_core.models.checkpoint import CheckpointError, read_sidecar  # noqa: E402
 from mono2stereo_core.models.stereo_net import CONVERTIBLE_SETTINGS  # noqa: E402
 from mono2stereo_core.training.config import parse_override  # noqa: E402
 from mono2stereo_core.training.trainer import GroundTruthValidation, load_network_weights  # noqa: E402
-
-# Written by save_checkpoint from the network and the file; never copied from the source's sidecar.
-_COMPUTED = ("format", "version", "architecture", "max_disparity", "stride", "num_parameters", "gmac_640x480",
-             "weights_file", "weights_sha256")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,10 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--evaluate", action="store_true", help="score source and result on the motorcycle pair")
     parser.add_argument("--force", action="store_true", help="overwrite --out")
     args = parser.parse_args(argv)
-    if args.out.suffix != ".safetensors":
-        parser.error(f"--out must end in .safetensors, instead got {args.out}")
-    if args.out.exists() and not args.force:
-        parser.error(f"{args.out} exists (pass --force to overwrite)")
+    check_output_checkpoint(parser, args.out, force=args.force)
     return args
 
 
@@ -83,16 +76,13 @@ def convert(source: Path, out: Path, settings: dict) -> Path:
     if network.config == sidecar["architecture"]:
         raise ValueError(f"{source} already has {settings}: nothing to convert")
     load_network_weights(network, source)  # converts (or raises CheckpointError naming what cannot)
-    new_sidecar = {k: v for k, v in sidecar.items() if k not in _COMPUTED and k != "validation"}
-    new_sidecar["converted_from"] = {
+    new_sidecar = derived_sidecar(sidecar, "converted_from", {
         "checkpoint": str(source),
         "weights_sha256": file_sha256(source),
         "settings": settings,
         # The trainer's in-run validation describes the source network, not this one.
         "source_validation": sidecar.get("validation"),
-    }
-    steps = [sidecar["reproduce"]] if sidecar.get("reproduce") else []
-    new_sidecar["reproduce"] = " && ".join([*steps, command_line()])
+    })
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(out, network.eval(), sidecar=new_sidecar)
 

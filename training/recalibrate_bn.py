@@ -23,17 +23,13 @@ import sys
 from pathlib import Path
 
 import torch
-from common import command_line, set_threads  # also puts the checkout on sys.path
+from common import check_output_checkpoint, derived_sidecar, set_threads  # also puts the checkout on sys.path
 
 from mono2stereo_core.models import load_model, save_checkpoint  # noqa: E402
 from mono2stereo_core.models.checkpoint import CheckpointError, read_sidecar  # noqa: E402
 from mono2stereo_core.training.batchnorm import recalibrate_batchnorm  # noqa: E402
 from mono2stereo_core.training.config import config_hash, load_config  # noqa: E402
 from mono2stereo_core.training.datasets import build_dataset  # noqa: E402
-
-# Written by save_checkpoint from the network and the file; never copied from the source's sidecar.
-_COMPUTED = ("format", "version", "architecture", "max_disparity", "stride", "num_parameters", "gmac_640x480",
-             "weights_file", "weights_sha256")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,10 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--force", action="store_true", help="overwrite --out")
     args = parser.parse_args(argv)
-    if args.out.suffix != ".safetensors":
-        parser.error(f"--out must end in .safetensors, instead got {args.out}")
-    if args.out.exists() and not args.force:
-        parser.error(f"{args.out} exists (pass --force to overwrite)")
+    check_output_checkpoint(parser, args.out, force=args.force)
     if args.out.resolve() == args.checkpoint.resolve():
         parser.error("--out must differ from --checkpoint (the source stays as it is)")
     for name in ("batches", "batch_size"):
@@ -87,8 +80,7 @@ def recalibrate(args: argparse.Namespace) -> Path:
         generator=torch.Generator().manual_seed(seed),
     )
     used = recalibrate_batchnorm(network, loader, num_batches=args.batches, progress=not args.no_progress)
-    new_sidecar = {k: v for k, v in sidecar.items() if k not in _COMPUTED and k != "validation"}
-    new_sidecar["bn_recalibrated"] = {
+    new_sidecar = derived_sidecar(sidecar, "bn_recalibrated", {
         "checkpoint": str(args.checkpoint),
         "weights_sha256": file_sha256(args.checkpoint),
         "recipe": str(args.config),
@@ -97,9 +89,7 @@ def recalibrate(args: argparse.Namespace) -> Path:
         "batch_size": batch_size,
         "seed": seed,
         "crop": [int(config["data"]["crop_height"]), int(config["data"]["crop_width"])],
-    }
-    steps = [sidecar["reproduce"]] if sidecar.get("reproduce") else []
-    new_sidecar["reproduce"] = " && ".join([*steps, command_line()])
+    })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(args.out, network.cpu().eval(), sidecar=new_sidecar)
 
