@@ -18,6 +18,7 @@ from mono2stereo_core.models.blocks import (
     discontinuity_upsample,
     groupwise_cost_volume,
     local_soft_argmax,
+    upsample_trilinear_2x,
     warp_correlation,
 )
 
@@ -370,6 +371,47 @@ def test_trilinear_hourglass_upsampling_reordered_gives_the_textbook_values():
     hourglass.train(True)
     early = F.interpolate(norm(hourglass.up[0].conv(low)), scale_factor=2, mode="trilinear", align_corners=False)
     assert not torch.allclose(early, hourglass._upsample(low), atol=1e-3)
+
+
+def test_separable_trilinear_upsampling_matches_torch_trilinear_and_exports_without_5d_resize():
+    """upsample_trilinear_2x (disparity axis first, then height and width) gives torch's trilinear values, its
+    gradient too, and exports as 4-D Resizes only (ONNX Runtime's fast path), with the same values there."""
+    import onnx
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    for shape in ((1, 8, 24, 11, 15), (2, 3, 5, 7, 4), (1, 1, 1, 1, 1)):
+        volume = torch.randn(*shape, requires_grad=True)
+        reference = F.interpolate(volume, scale_factor=2, mode="trilinear", align_corners=False)
+        ours = upsample_trilinear_2x(volume)
+        assert ours.shape == reference.shape
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+        weights = torch.randn_like(reference)
+        (grad_ours,) = torch.autograd.grad((ours * weights).sum(), volume)
+        (grad_reference,) = torch.autograd.grad((reference * weights).sum(), volume)
+        torch.testing.assert_close(grad_ours, grad_reference, atol=1e-4, rtol=0)
+    # A step along the disparity axis only must stay a step in D (no bleeding into height/width).
+    step = torch.zeros(1, 1, 4, 3, 3)
+    step[:, :, 2:] = 1.0
+    up = upsample_trilinear_2x(step)
+    assert torch.allclose(up[0, 0, :, 0, 0], torch.tensor([0, 0, 0, 0.25, 0.75, 1, 1, 1.0]))
+    assert torch.equal(up.amax(dim=(3, 4)), up.amin(dim=(3, 4)))
+
+    class Up(torch.nn.Module):
+        def forward(self, x):
+            return upsample_trilinear_2x(x)
+
+    volume = torch.randn(1, 8, 6, 9, 13)
+    buffer = io.BytesIO()
+    torch.onnx.export(Up(), (volume,), buffer, opset_version=17, dynamo=False, input_names=["v"])
+    graph = onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue())).graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.value_info, *graph.input)}
+    resized = [ranks[node.input[0]] for node in graph.node if node.op_type == "Resize"]
+    assert resized == [4, 4], resized
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"v": volume.numpy()})
+    reference = F.interpolate(volume, scale_factor=2, mode="trilinear", align_corners=False).numpy()
+    np.testing.assert_allclose(out, reference, atol=1e-5, rtol=0)
 
 
 def test_converted_weights_keep_the_response_to_constant_volumes(tmp_path):

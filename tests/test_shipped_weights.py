@@ -115,9 +115,10 @@ def test_shipped_onnx_is_exported_from_the_shipped_weights(stem):
 
 
 @pytest.mark.parametrize("stem", SHIPPED)
-def test_shipped_onnx_upsamples_the_hourglass_after_its_conv(stem):
-    """The exported graphs carry the tenth session's order (conv, then the 5-D Resize of agg_channels
-    channels), not the one that upsampled twice the channels; a stale export fails here."""
+def test_shipped_onnx_upsamples_the_hourglass_after_its_conv_and_separably(stem):
+    """The exported graphs carry the tenth session's order (conv, then the upsampling of agg_channels channels,
+    not of twice as many) and the eleventh session's separable upsampling (the disparity axis as a 4-D Resize of
+    N x agg_channels x D x (h w), then height and width; no 5-D Resize left); a stale export fails here."""
     import onnx
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(WEIGHTS / f"{stem}_640x480.onnx")))
@@ -126,6 +127,9 @@ def test_shipped_onnx_upsamples_the_hourglass_after_its_conv(stem):
         for v in (*model.graph.value_info, *model.graph.input, *model.graph.output)
     }
     resized = [shapes.get(node.input[0]) for node in model.graph.node if node.op_type == "Resize"]
-    volumes = [shape for shape in resized if shape is not None and len(shape) == 5]
-    channels = json.loads((WEIGHTS / f"{stem}.json").read_text())["architecture"]["agg_channels"]
-    assert volumes and all(shape[1] == channels for shape in volumes), volumes
+    assert resized and all(shape is not None and len(shape) == 4 for shape in resized), resized
+    architecture = json.loads((WEIGHTS / f"{stem}.json").read_text())["architecture"]
+    bins = architecture["max_disparity"] // 4
+    # The only Resize whose input has the 1/8 volume's D / 2 bins in dim 2 is the disparity-axis pass.
+    deep = [shape for shape in resized if shape[2] == bins // 2 and shape[3] > shape[2] * 100]
+    assert len(deep) == 1 and deep[0][1] == architecture["agg_channels"], resized
