@@ -181,13 +181,14 @@ def test_input_scale_one_and_a_half_is_more_accurate_on_the_real_pairs():
     """The documented trade (docs/inference.md, 'Accuracy options'): both shipped networks at 1.5x input have
     fewer bad non-occluded pixels on both real pairs than at 1x; the refined network also fewer bad pixels
     overall on both, the default (which already matches at 1.49x inside the network) on motorcycle only.
-    Measured 2026-11-26, tenth session: the default's non-occluded bad-2 5.34 -> 3.97 on motorcycle, 4.65 ->
-    3.98 on Aloe, all-pixel 10.99 -> 9.94 and 12.17 -> 12.58 (Aloe's occlusions grow); m2s_rt_refined's
-    non-occluded 8.03 -> 5.24, 7.35 -> 5.24."""
+    Measured 2026-12-03, eleventh session: the default's non-occluded bad-2 4.97 -> 3.76 on motorcycle, 3.96 ->
+    3.52 on Aloe, all-pixel 10.77 -> 9.89 and 11.65 -> 12.30 (Aloe's occlusions grow); m2s_rt_refined's
+    non-occluded 8.03 -> 5.24, 7.35 -> 5.24. (Tenth session, before discontinuity_match: 5.34 -> 3.97 and
+    4.65 -> 3.98; the matched 1x output gained more on Aloe than the 1.5x one.)"""
     from mono2stereo_core.datasets_gt import load_gt_dataset
     from mono2stereo_core.evaluation import evaluate_disparity
 
-    for weights, drop in ((SHIPPED, 0.5), (REFINED, 1.5)):
+    for weights, drop in ((SHIPPED, 0.3), (REFINED, 1.5)):
         plain = load_runner(weights, backend="torch")
         scaled = load_runner(weights, backend="torch", input_scale=1.5)
         for sample in load_gt_dataset("real"):

@@ -18,6 +18,7 @@ from mono2stereo_core.models.blocks import (
     discontinuity_upsample,
     groupwise_cost_volume,
     local_soft_argmax,
+    matched_discontinuity_upsample,
     upsample_trilinear_2x,
     warp_correlation,
 )
@@ -258,6 +259,92 @@ def test_discontinuity_px_sharpens_only_the_no_refinement_networks_output():
     for bad in (-1.0, "4", True, float("inf")):
         with pytest.raises(ValueError, match="discontinuity_px must be a number >= 0"):
             build_model("m2s_tiny", refine_iterations=0, edge_refinement=False, discontinuity_px=bad)
+
+
+def _square_in_front_of_a_wall(*, height=48, width=96, x0=37, x1=70, near=16.0, far=4.0, seed=0):
+    """A textured square (disparity ``near``) over a textured wall (``far``), rendered in both views exactly:
+    the left view, the right view and the left ground truth as N x 3 x H x W / N x 1 x H x W tensors."""
+    rng = np.random.default_rng(seed)
+    wall = rng.random((3, height, width + 32), dtype=np.float32)
+    square = rng.random((3, height, width + 32), dtype=np.float32)
+    xs = np.arange(width)
+    inside = (xs >= x0) & (xs < x1)
+    left = np.where(inside, square[:, :, :width], wall[:, :, xs + int(far)])
+    gt = np.where(inside, near, far).astype(np.float32)[None].repeat(height, 0)
+    # Right view: the square moved left by `near`, the wall by `far` (wall texture indexed by left x).
+    right_inside = (xs >= x0 - near) & (xs < x1 - near)
+    right = np.where(right_inside, square[:, :, np.clip(xs + int(near), 0, None)], wall[:, :, xs + int(2 * far)])
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None]  # noqa: E731
+    return as_t(left), as_t(right), as_t(gt[None])
+
+
+def test_matched_discontinuity_upsample_puts_the_edge_where_the_images_match():
+    """A coarse map places a depth edge only to within a cell; the matched upsampling moves it to where the pair
+    agrees with each surface, never outputs a depth between the two, and is bilinear on a single surface."""
+    left, right, gt = _square_in_front_of_a_wall()
+    size = tuple(gt.shape[-2:])
+    # The coarse map a 1/4-resolution matcher would give: one value per 4 x 4 cell (its centre's).
+    coarse = gt[..., 2::4, 2::4].contiguous()
+    nearest = discontinuity_upsample(coarse, size=size, threshold=6.0)
+    matched = matched_discontinuity_upsample(coarse, left, right, size=size, threshold=6.0)
+    assert matched.shape == gt.shape
+    assert (((matched - 16).abs() < 1e-4) | ((matched - 4).abs() < 1e-4)).all()  # only the two surfaces
+    # Visible pixels (the band left of the square, [x0 - 12, x0), is hidden behind it in the right view).
+    visible = torch.ones_like(gt, dtype=torch.bool)
+    visible[..., 37 - 12 : 37] = False
+    wrong = lambda d: int(((d - gt).abs() > 1)[visible].sum())  # noqa: E731
+    assert wrong(nearest) > 0 and wrong(matched) < wrong(nearest) / 4, (wrong(matched), wrong(nearest))
+    # One surface, no discontinuity: exactly bilinear (a slanted plane keeps its slope).
+    ramp = torch.linspace(4.0, 9.0, 24).expand(1, 1, 12, 24).contiguous()
+    torch.testing.assert_close(
+        matched_discontinuity_upsample(ramp, left, right, size=size, threshold=6.0),
+        F.interpolate(ramp, size=size, mode="bilinear", align_corners=False),
+        rtol=0,
+        atol=0,
+    )
+    # Cells within 1 px are one surface: float noise on them must not pick between them (backend parity).
+    jittered = coarse + 0.3 * torch.rand_like(coarse)
+    out = matched_discontinuity_upsample(jittered, left, right, size=size, threshold=6.0)
+    far_side = out < 10
+    smooth = F.interpolate(jittered, size=size, mode="bilinear", align_corners=False)
+    interior = (gt == 4) & (F.max_pool2d((gt > 10).float(), 17, stride=1, padding=8) == 0)
+    torch.testing.assert_close(out[interior], smooth[interior], rtol=0, atol=1e-5)
+    assert far_side[interior].all()
+    with pytest.raises(ValueError, match="left and right must be"):
+        matched_discontinuity_upsample(coarse, left[..., :-1], right[..., :-1], size=size, threshold=6.0)
+    with pytest.raises(ValueError, match="window must be an odd number"):
+        matched_discontinuity_upsample(coarse, left, right, size=size, threshold=6.0, window=2)
+
+
+def test_discontinuity_match_is_a_weightless_setting_that_exports_with_parity():
+    import onnxruntime as ort
+
+    from mono2stereo_core.models.stereo_net import convert_state_dict
+
+    settings = dict(refine_iterations=0, edge_refinement=False, discontinuity_px=4.0)
+    plain = build_model("m2s_tiny", **settings).eval()
+    with torch.no_grad():
+        plain.volume_out.weight.mul_(50.0)  # decisive, trained-like: real discontinuities
+    matched = build_model("m2s_tiny", **settings, discontinuity_match=True).eval()
+    assert matched.config["discontinuity_match"] is True and "discontinuity_match" not in plain.config
+    assert build_from_config(matched.config).config == matched.config
+    matched.load_state_dict(convert_state_dict(plain.state_dict(), plain.config, matched.config), strict=True)
+    assert count_macs(matched) == count_macs(plain)
+    left, right, _ = _square_in_front_of_a_wall(height=64, width=96)
+    with torch.no_grad():
+        a, b = plain(left, right)[0], matched(left, right)[0]
+    # Same coarse estimate, other values at its discontinuities (a random network's jumps almost everywhere).
+    assert ((a - b).abs() > 1e-3).any()
+    assert b.min() >= 0 and b.max() <= matched.max_disparity
+    buffer = io.BytesIO()
+    torch.onnx.export(matched, (left, right), buffer, opset_version=17, dynamo=False, input_names=["l", "r"])
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    onnx_disparity = session.run(None, {"l": left.numpy(), "r": right.numpy()})[0]
+    np.testing.assert_allclose(onnx_disparity, b.numpy(), rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match="discontinuity_match needs discontinuity_px > 0"):
+        build_model("m2s_tiny", refine_iterations=0, edge_refinement=False, discontinuity_match=True)
+    with pytest.raises(ValueError, match="discontinuity_match must be true or false"):
+        build_model("m2s_tiny", **settings, discontinuity_match=1)
 
 
 def test_discontinuity_px_network_trains_at_a_working_scale():

@@ -19,7 +19,8 @@ def _sha256(path: Path) -> str:
 # full-resolution edge stage, a CPU stage with the sharpening augmentation), then a second conversion that drops
 # the 1/2-resolution refinement and sets the working scale: 1.2 for the fast variant, 1.4 for the default (1.49
 # since the tenth session, paid for by the hourglass's cheaper upsampling order). Since the ninth session the same
-# conversion also sets discontinuity_px (no weights: how the 1/4 estimate is upsampled).
+# conversion also sets discontinuity_px (no weights: how the 1/4 estimate is upsampled); since the eleventh a last
+# conversion adds discontinuity_match (no weights: at a discontinuity the pair picks the near or the far surface).
 SHIPPED = ("m2s_rt", "m2s_rt_fast")
 # The sixth session's default (with its 1/2-resolution refinement), kept for the accuracy configuration.
 REFINED = "m2s_rt_refined"
@@ -52,6 +53,13 @@ def test_sidecar_describes_the_shipped_file(stem):
     positions = [reproduce.index(recipe) for recipe in order]
     assert positions == sorted(positions), positions
     commands = reproduce.split("   #")[0].split(" && ")
+    # Eleventh session: a last conversion adds discontinuity_match (no weights) to the tenth session's file.
+    matched = commands.pop()
+    assert matched.startswith("python training/convert.py --checkpoint runs/convert/")
+    assert "--set discontinuity_match=true" in matched and sidecar["converted_from"]["checkpoint"] in matched
+    assert sidecar["converted_from"]["settings"] == {"discontinuity_match": True}
+    assert sidecar["architecture"]["discontinuity_match"] is True
+    assert matched.split("--checkpoint ")[1].split()[0].removesuffix(".safetensors") in commands[-1]
     if stem in BN_RECALIBRATED:
         # Tenth session: the converted file's batch-norm statistics re-estimated at its working scale.
         recalibrate = commands.pop()

@@ -5,7 +5,8 @@ shared encoder (1/2, 1/4) -> group-wise correlation volume at 1/4 -> guided 3-D 
 disparity bins -> local soft-argmax -> warped-correlation refinement at 1/2 (one or more iterations) -> convex
 upsampling to full resolution -> image-guided edge refinement at full resolution. Without the refinement
 (``refine_iterations: 0``) the 1/4 estimate is upsampled bilinearly, or with ``discontinuity_px`` > 0 bilinearly
-except at depth discontinuities, which keep the nearest cell's value (``blocks.discontinuity_upsample``).
+except at depth discontinuities, which keep the nearest cell's value (``blocks.discontinuity_upsample``) or, with
+``discontinuity_match``, the best-matching neighbouring cell's (``blocks.matched_discontinuity_upsample``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mono2stereo_core.models.blocks import (
     discontinuity_upsample,
     groupwise_cost_volume,
     local_soft_argmax,
+    matched_discontinuity_upsample,
 )
 
 # The cost volume lives at 1/4 resolution; one bin is this many input pixels.
@@ -104,10 +106,17 @@ _LEGACY_DEFAULTS: dict[str, Any] = {
     "edge_refinement": True,
     "working_scale": 1.0,
     "discontinuity_px": 0.0,
+    "discontinuity_match": False,
 }
 # Settings every variant accepts (defaulting to the legacy value) without listing them in _VARIANTS.
 _COMMON_SETTINGS = (
-    "volume_in_kernel", "volume_out_kernel", "hourglass_upsample", "edge_refinement", "working_scale", "discontinuity_px"
+    "volume_in_kernel",
+    "volume_out_kernel",
+    "hourglass_upsample",
+    "edge_refinement",
+    "working_scale",
+    "discontinuity_px",
+    "discontinuity_match",
 )
 # working_scale bounds: below 1/4 nothing of a 640 x 480 image is left to match, above 4 the cost is 16x.
 _WORKING_SCALE_RANGE = (0.25, 4.0)
@@ -168,6 +177,7 @@ class StereoNet(nn.Module):
         edge_refinement: bool = True,
         working_scale: float = 1.0,
         discontinuity_px: float = 0.0,
+        discontinuity_match: bool = False,
     ) -> None:
         super().__init__()
         low, high = _WORKING_SCALE_RANGE
@@ -181,6 +191,13 @@ class StereoNet(nn.Module):
         ):
             raise ValueError(f"discontinuity_px must be a number >= 0 (0: off), instead got {discontinuity_px!r}")
         discontinuity_px = float(discontinuity_px)
+        if not isinstance(discontinuity_match, bool):
+            raise ValueError(f"discontinuity_match must be true or false, instead got {discontinuity_match!r}")
+        if discontinuity_match and discontinuity_px <= 0:
+            raise ValueError(
+                "discontinuity_match needs discontinuity_px > 0 (it chooses among the coarse cells at the "
+                f"discontinuities that threshold finds), instead got discontinuity_px={discontinuity_px}"
+            )
         if discontinuity_px > 0 and refine_iterations != 0:
             raise ValueError(
                 "discontinuity_px > 0 needs refine_iterations=0 (it replaces the bilinear upsampling of the 1/4 "
@@ -232,6 +249,7 @@ class StereoNet(nn.Module):
             edge_refinement=edge_refinement,
             working_scale=working_scale,
             discontinuity_px=discontinuity_px,
+            discontinuity_match=discontinuity_match,
         )
         # A setting at its legacy value is left out, so configs (and the sidecars that store them) of networks
         # that do not use a later-added feature stay identical to those written before it existed.
@@ -240,6 +258,7 @@ class StereoNet(nn.Module):
                 del self.config[key]
         self.working_scale = working_scale
         self.discontinuity_px = discontinuity_px
+        self.discontinuity_match = discontinuity_match
         # The search range in *input* pixels: a network working on an enlarged pair covers less of the input.
         self.max_disparity: float = max_disparity if working_scale == 1.0 else max_disparity / working_scale
         self.downsample = COST_VOLUME_DOWNSAMPLE
@@ -348,6 +367,8 @@ class StereoNet(nn.Module):
         hw, ww = self.working_size(h, w)
         h, w = int(h), int(w)
         resized = (hw, ww) != (h, w)
+        # The input-resolution pair, for matching at the output's own resolution (discontinuity_match).
+        left_input, right_input = left, right
         if resized:
             left = F.interpolate(left, size=(hw, ww), mode="bilinear", align_corners=False)
             right = F.interpolate(right, size=(hw, ww), mode="bilinear", align_corners=False)
@@ -376,7 +397,11 @@ class StereoNet(nn.Module):
         # discontinuity_px: the (final) 1/4 estimate goes straight to the input size and input pixels, so no
         # resize afterwards blends its discontinuities again; otherwise it joins the working-resolution maps.
         sharp = None
-        if self.discontinuity_px > 0:
+        if self.discontinuity_match:
+            sharp = matched_discontinuity_upsample(
+                disparity4 * to_input, left_input, right_input, size=(h, w), threshold=self.discontinuity_px
+            )
+        elif self.discontinuity_px > 0:
             sharp = discontinuity_upsample(disparity4 * to_input, size=(h, w), threshold=self.discontinuity_px)
         else:
             predictions.append(F.interpolate(disparity4, size=(hw, ww), mode="bilinear", align_corners=False))
@@ -453,7 +478,7 @@ def convert_state_dict(
     in ``refine_iterations`` (each added iteration, and its upsampling mask, starts as a copy of the last trained
     one: the same update applied again; fewer iterations drop the last ones, down to 0 = the network ends at the
     1/4 cost volume's estimate), in ``working_scale`` (no weights change: the same network on a resized pair) and
-    in ``discontinuity_px`` (no weights: how the 1/4 estimate is upsampled).
+    in ``discontinuity_px`` and ``discontinuity_match`` (no weights: how the 1/4 estimate is upsampled).
 
     A 3x3x3 kernel becomes the 1x1x1 kernel with the same response to a locally constant volume (the sum of
     its taps); a stride-2 transposed conv becomes the 1x1x1 conv after trilinear upsampling with the same mean
@@ -469,7 +494,7 @@ def convert_state_dict(
     for key in differing:
         if key == "refine_iterations" and int(f[key]) == 0:
             raise ValueError("refine_iterations cannot grow from 0: there is no trained iteration to copy")
-        if key in ("refine_iterations", "working_scale", "discontinuity_px"):
+        if key in ("refine_iterations", "working_scale", "discontinuity_px", "discontinuity_match"):
             continue
         if (f[key], w[key]) not in ((3, 1), ("deconv", "trilinear"), (True, False)):
             raise ValueError(
