@@ -417,12 +417,13 @@ def matched_discontinuity_upsample(
     # Where all four are near (one surface) the far blend is 0 / 0: any finite value, never chosen, will do.
     far_value = torch.where(one_surface, near_value, surface(far))
     n, channels = int(left.shape[0]), int(left.shape[1])
-    xs = torch.arange(out_w, device=device, dtype=dtype).view(1, 1, 1, out_w)
+    # Positions in float32 even under fp16: half precision would quantise the fraction at robot image widths.
+    xs = torch.arange(out_w, device=device, dtype=torch.float32).view(1, 1, 1, out_w)
 
     def match_cost(candidate: Tensor) -> Tensor:
-        source = (xs - candidate).clamp(0, out_w - 1)
+        source = (xs - candidate.float()).clamp(0, out_w - 1)
         base = torch.floor(source)
-        frac = source - base
+        frac = (source - base).to(dtype)
         index = base.long().expand(n, channels, out_h, out_w)
         sampled = torch.gather(right, 3, index) * (1 - frac) + torch.gather(
             right, 3, (index + 1).clamp(max=out_w - 1)

@@ -6,7 +6,8 @@ disparity bins -> local soft-argmax -> warped-correlation refinement at 1/2 (one
 upsampling to full resolution -> image-guided edge refinement at full resolution. Without the refinement
 (``refine_iterations: 0``) the 1/4 estimate is upsampled bilinearly, or with ``discontinuity_px`` > 0 bilinearly
 except at depth discontinuities, which keep the nearest cell's value (``blocks.discontinuity_upsample``) or, with
-``discontinuity_match``, the best-matching neighbouring cell's (``blocks.matched_discontinuity_upsample``).
+``discontinuity_match``, the near or far surface of the neighbouring cells that the pair matches better
+(``blocks.matched_discontinuity_upsample``).
 """
 
 from __future__ import annotations
