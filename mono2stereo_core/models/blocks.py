@@ -338,10 +338,16 @@ def discontinuity_upsample(disparity: Tensor, *, size: tuple[int, int], threshol
     rows = ((torch.arange(size[0], device=disparity.device) + 0.5) * (int(h) / size[0])).long().clamp(max=int(h) - 1)
     cols = ((torch.arange(size[1], device=disparity.device) + 0.5) * (int(w) / size[1])).long().clamp(max=int(w) - 1)
     nearest = disparity.index_select(2, rows).index_select(3, cols)
+    edge = _discontinuity_weight(disparity, size=size, threshold=threshold)
+    return edge * nearest + (1.0 - edge) * smooth  # exact at edge = 0 and 1
+
+
+def _discontinuity_weight(disparity: Tensor, *, size: tuple[int, int], threshold: float) -> Tensor:
+    """1 where a coarse cell's 3x3 neighbourhood spans more than ``threshold``, 0 elsewhere, bilinearly
+    upsampled to ``size``: how much of the discontinuity rule applies at each output pixel."""
     # max - min over the 3x3 neighbourhood (max_pool2d's padding never wins the max).
     spread = F.max_pool2d(disparity, 3, stride=1, padding=1) + F.max_pool2d(-disparity, 3, stride=1, padding=1)
-    edge = F.interpolate((spread > threshold).to(disparity.dtype), size=size, mode="bilinear", align_corners=False)
-    return edge * nearest + (1.0 - edge) * smooth  # exact at edge = 0 and 1
+    return F.interpolate((spread > threshold).to(disparity.dtype), size=size, mode="bilinear", align_corners=False)
 
 
 # matched_discontinuity_upsample: four neighbouring cells within this many pixels are one surface.
@@ -438,8 +444,7 @@ def matched_discontinuity_upsample(
 
     near_side = (match_cost(near_value) <= match_cost(far_value)).to(dtype)
     picked = near_side * near_value + (1.0 - near_side) * far_value
-    spread = F.max_pool2d(disparity, 3, stride=1, padding=1) + F.max_pool2d(-disparity, 3, stride=1, padding=1)
-    edge = F.interpolate((spread > threshold).to(dtype), size=size, mode="bilinear", align_corners=False)
+    edge = _discontinuity_weight(disparity, size=size, threshold=threshold)
     return edge * picked + (1.0 - edge) * smooth
 
 
