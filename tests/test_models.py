@@ -15,6 +15,7 @@ from mono2stereo_core.models import MODEL_NAMES, StereoOutput, build_from_config
 from mono2stereo_core.models.blocks import (
     Hourglass3d,
     convex_upsample,
+    cost_volume_row_bands,
     discontinuity_upsample,
     groupwise_cost_volume,
     local_soft_argmax,
@@ -109,6 +110,36 @@ def test_cost_volume_bins_correlate_left_x_with_right_x_minus_d():
     narrow = groupwise_cost_volume(left[..., :4], right[..., :4], num_bins=6, groups=2)
     assert narrow.shape == (1, 2, 6, 5, 4) and torch.all(narrow[:, :, 4:] == 0)
     torch.testing.assert_close(narrow[:, :, :4], volume[..., :4][:, :, :4], rtol=0, atol=1e-6)
+
+
+def test_cost_volume_in_row_bands_is_the_same_volume_to_the_bit():
+    torch.manual_seed(3)
+    left, right = torch.randn(2, 8, 11, 24), torch.randn(2, 8, 11, 24)
+    whole = groupwise_cost_volume(left, right, num_bins=7, groups=4)
+    # Uneven bands (11 rows into 3 and 4), one row per band, and more bands than rows (clamped to the rows).
+    for bands in (2, 3, 4, 11, 50):
+        banded = groupwise_cost_volume(left, right, num_bins=7, groups=4, row_bands=bands)
+        assert banded.shape == whole.shape
+        assert torch.equal(banded, whole), f"{bands} bands changed the volume"
+    with pytest.raises(ValueError, match="row_bands must be >= 1, instead got 0"):
+        groupwise_cost_volume(left, right, num_bins=7, groups=4, row_bands=0)
+
+
+def test_cost_volume_bands_only_in_onnx_exports_unless_overridden():
+    features = torch.zeros(1, 32, 178, 238)  # the default network's 1/4 map at 640 x 480
+    assert cost_volume_row_bands(features, training=False) == 1  # eager torch: one piece
+    assert cost_volume_row_bands(features, training=False, override=6) == 6
+    with pytest.raises(ValueError, match="cost volume bands must be >= 1, instead got 0"):
+        cost_volume_row_bands(features, training=False, override=0)
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append((cost_volume_row_bands(features, training=False), cost_volume_row_bands(features, training=True)))
+            return x + 1
+
+    torch.onnx.export(Probe(), (torch.zeros(1),), io.BytesIO(), dynamo=False)
+    assert seen == [(4, 1)]
 
 
 def test_warp_correlation_peaks_at_the_true_disparity_on_motorcycle(motorcycle):

@@ -92,6 +92,28 @@ def onnx_io_spec(model_or_path, *, source: str | None = None) -> OnnxIOSpec:
     return OnnxIOSpec(height=height, width=width, metadata=metadata)
 
 
+def _trace_to_onnx(model, path: Path, example, opset: int) -> None:
+    """The legacy TorchScript exporter on ``model``, ``example`` as the left view and its mirror as the right."""
+    import torch
+
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python-side shape check in forward(); shapes are static by design here.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*Constant folding.*")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example, example.flip(-1)),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+
+
 def export_onnx(
     model,
     path: str | os.PathLike,
@@ -101,12 +123,17 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     sidecar: dict | None = None,
     extra_metadata: dict[str, str] | None = None,
+    cost_volume_bands: int | None = None,
 ) -> Path:
     """Exports ``model`` at a static ``1 x 3 x height x width`` input, checks it and stamps metadata.
 
     Static shapes because TensorRT builds its fastest engine for one shape and the robot's cameras have one
     resolution; the runners resize or pad other sizes. The legacy TorchScript exporter (``dynamo=False``) is
     used: it exports grid_sample/Conv3d/einsum with ORT parity ~1e-6 at opsets 16-20 (ENVIRONMENT.md).
+
+    ``cost_volume_bands``: row bands of the cost volume in the graph (``None``: the network's rule, about 10^4
+    1/4-map pixels per band, which ONNX Runtime's CPU runs 0.89-0.95x the time of one piece; 1: one piece).
+    The same values either way; recorded in the metadata as ``cost_volume_bands``.
     """
     import onnx
     import torch
@@ -124,22 +151,19 @@ def export_onnx(
     device = param.device if param is not None else torch.device("cpu")
     example = torch.rand(1, 3, height, width, device=device)
     tmp = path.with_name(path.name + ".partial")
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        # The tracer warns about every Python-side shape check in forward(); shapes are static by design here.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*Constant folding.*")
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (example, example.flip(-1)),
-            str(tmp),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            opset_version=opset,
-            dynamo=False,
-            do_constant_folding=True,
+    if cost_volume_bands is not None and int(cost_volume_bands) < 1:
+        raise ValueError(
+            f"cost_volume_bands must be >= 1 (None: the network's rule), instead got {cost_volume_bands}"
         )
+    banded = hasattr(model, "cost_volume_bands")
+    previous_bands = getattr(model, "cost_volume_bands", None)
+    if banded:
+        model.cost_volume_bands = cost_volume_bands
+    try:
+        _trace_to_onnx(model, tmp, example, opset)
+    finally:
+        if banded:
+            model.cost_volume_bands = previous_bands
     onnx_model = onnx.load(str(tmp))
     config = getattr(model, "config", None)
     config = dict(config) if isinstance(config, dict) else {}
@@ -153,6 +177,7 @@ def export_onnx(
         "sidecar": json.dumps(sidecar, sort_keys=True, default=str),
         "model_config": json.dumps(config, sort_keys=True, default=str),
         "opset": str(opset),
+        "cost_volume_bands": "auto" if cost_volume_bands is None else str(int(cost_volume_bands)),
         "producer": "mono2stereo_core.inference.export",
         **{str(k): str(v) for k, v in (extra_metadata or {}).items()},
     }

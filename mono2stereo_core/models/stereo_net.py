@@ -27,6 +27,7 @@ from mono2stereo_core.models.blocks import (
     Hourglass3d,
     conv3d_bn_relu,
     convex_upsample,
+    cost_volume_row_bands,
     discontinuity_upsample,
     groupwise_cost_volume,
     local_soft_argmax,
@@ -266,6 +267,9 @@ class StereoNet(nn.Module):
         # 1/4 for the cost volume, and one more halving inside each hourglass.
         self.stride = 2 * COST_VOLUME_DOWNSAMPLE
         self.num_bins = max_disparity // COST_VOLUME_DOWNSAMPLE
+        # How the cost volume is computed, not what: row bands (None = cost_volume_row_bands' rule: bands only
+        # in ONNX exports). A run-time setting, so it is not part of the config.
+        self.cost_volume_bands: int | None = None
         self.corr_groups = corr_groups
         self.argmax_radius = argmax_radius
 
@@ -382,7 +386,10 @@ class StereoNet(nn.Module):
         left2, right2 = f2[:n], f2[n:]
         left4, right4 = f4[:n], f4[n:]
 
-        volume = groupwise_cost_volume(left4, right4, num_bins=self.num_bins, groups=self.corr_groups)
+        bands = cost_volume_row_bands(left4, training=self.training, override=self.cost_volume_bands)
+        volume = groupwise_cost_volume(
+            left4, right4, num_bins=self.num_bins, groups=self.corr_groups, row_bands=bands
+        )
         volume = self.volume_excite(self.volume_in(volume), left4)
         for hourglass in self.hourglasses:
             volume = hourglass(volume, left4)
