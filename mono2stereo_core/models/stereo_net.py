@@ -25,6 +25,7 @@ from mono2stereo_core.models.blocks import (
     EdgeRefinement,
     FeatureEncoder,
     Hourglass3d,
+    channel_log_softmax,
     conv3d_bn_relu,
     convex_upsample,
     cost_volume_row_bands,
@@ -32,6 +33,7 @@ from mono2stereo_core.models.blocks import (
     groupwise_cost_volume,
     local_soft_argmax,
     matched_discontinuity_upsample,
+    windowed_soft_argmax,
 )
 
 # The cost volume lives at 1/4 resolution; one bin is this many input pixels.
@@ -374,15 +376,17 @@ class StereoNet(nn.Module):
         resized = (hw, ww) != (h, w)
         # The input-resolution pair, for matching at the output's own resolution (discontinuity_match).
         left_input, right_input = left, right
+        # The pair stacked and normalised at the input size, then resized once: resizing is linear with weights
+        # summing to 1, so this equals normalising the resized pair (to float rounding) with fewer pixels to
+        # normalise and one Resize instead of two (ONNX Runtime: 0.965x the frame at working scale 1.49).
+        pair = (torch.cat((left, right), dim=0) - self.mean) / self.std
         if resized:
-            left = F.interpolate(left, size=(hw, ww), mode="bilinear", align_corners=False)
-            right = F.interpolate(right, size=(hw, ww), mode="bilinear", align_corners=False)
+            pair = F.interpolate(pair, size=(hw, ww), mode="bilinear", align_corners=False)
         # Disparity is a horizontal distance: working-resolution pixels times this are input pixels.
         to_input = w / ww
-        left_n = (left - self.mean) / self.std
-        right_n = (right - self.mean) / self.std
+        left_n = pair[:n]
         # One encoder pass over the stacked pair: same weights, half the kernel launches.
-        f2, f4 = self.encoder(torch.cat((left_n, right_n), dim=0))
+        f2, f4 = self.encoder(pair)
         left2, right2 = f2[:n], f2[n:]
         left4, right4 = f4[:n], f4[n:]
 
@@ -394,7 +398,13 @@ class StereoNet(nn.Module):
         for hourglass in self.hourglasses:
             volume = hourglass(volume, left4)
         logits = self.volume_out(volume).squeeze(1)  # N x D x h/4 x w/4
-        index, log_prob, confidence4 = local_soft_argmax(logits, radius=self.argmax_radius)
+        if self.training:
+            index, log_prob, confidence4 = local_soft_argmax(logits, radius=self.argmax_radius)
+        else:
+            # The same index and confidence from gathers around the arg-max (cheaper, in ONNX Runtime most);
+            # log_prob only for the StereoOutput (an exported graph drops it).
+            index, confidence4 = windowed_soft_argmax(logits, radius=self.argmax_radius)
+            log_prob = channel_log_softmax(logits)
         disparity4 = index * float(COST_VOLUME_DOWNSAMPLE)
 
         # The plain soft-argmax over *all* bins is supervised as the coarsest prediction: the local window
