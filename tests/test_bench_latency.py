@@ -34,3 +34,20 @@ def test_time_call_returns_its_samples():
     bench = _bench()
     timing = bench.time_call(lambda: None, min_iterations=4, max_seconds=0.0, warmup=0)
     assert timing["iterations"] == len(timing["times_ms"]) == 4
+
+
+def test_each_model_is_compared_with_the_baselines_at_its_own_range():
+    bench = _bench()
+    # The shipped default covers 192 / 1.49 = 129 input px; enlarging the pair by 1.5 leaves 86 of them; the
+    # fast variant (working scale 1.2) 160 and the refined one (1.0) 192.
+    assert bench.model_max_disparity("m2s_rt") == 129 and bench.sgbm_range("m2s_rt") == 144
+    assert bench.model_max_disparity("m2s_rt@1.5") == 86 and bench.sgbm_range("m2s_rt@1.5") == 96
+    assert bench.sgbm_range("m2s_rt_fast") == 160 and bench.sgbm_range("m2s_rt_refined") == 192
+    rows = [
+        {"backend": "sgbm", "num_disparities": 144, "median_ms": 50.0},
+        {"backend": "sgbm", "num_disparities": 192, "median_ms": 70.0},
+        {"backend": "sgbm_sip", "num_disparities": 144, "median_ms": 90.0},
+    ]
+    assert bench.baseline_row(rows, "sgbm", 144)["median_ms"] == 50.0
+    assert bench.baseline_row(rows, "sgbm", 192)["median_ms"] == 70.0
+    assert bench.baseline_row(rows, "sgbm_sip", 192) is None
