@@ -227,6 +227,8 @@ def run_one(config: dict) -> dict:
             return runner(left, right)
 
         description = runner.description.split(" /")[0]
+    if config.get("paired"):
+        return paired_times(config, fn, left, right)
     # Peak from here on includes the runner's lazy first-call allocations (arenas, workspaces).
     reset_peak_rss()
     timing = time_call(fn, min_iterations=config["min_iterations"], max_seconds=config["max_seconds"])
@@ -237,6 +239,43 @@ def run_one(config: dict) -> dict:
         "model_mem_mb": (peak - base_rss) / 1024.0,
         "weights": weights,
         "description": description,
+    }
+
+
+def paired_times(config: dict, fn, left: np.ndarray, right: np.ndarray) -> dict:
+    """Child process: the model's call (``fn``) and the 3-way SGBM at the same range, alternately, one frame
+    each, for ``paired_seconds``: both see the same machine state. On the shared CI-class VM the separate rows'
+    SGBM medians moved by up to 1.4x between runs minutes apart (once even 192 disparities measured faster than
+    96), which alone decides whether a ratio lands under or over the goal."""
+    from mono2stereo_core.evaluation import sgbm_disparity
+
+    num = config["num_disparities"]
+
+    def sgbm():
+        return sgbm_disparity(left, right, num_disparities=num)
+
+    for _ in range(2):
+        fn(), sgbm()
+    model_ms, sgbm_ms = [], []
+    deadline = time.perf_counter() + float(config["paired_seconds"])
+    while time.perf_counter() < deadline or len(model_ms) < 5:
+        for call, out in ((fn, model_ms), (sgbm, sgbm_ms)):
+            start = time.perf_counter()
+            call()
+            out.append((time.perf_counter() - start) * 1000.0)
+    return {"model_ms": model_ms, "sgbm_ms": sgbm_ms}
+
+
+def paired_summary(model_ms: list[float], sgbm_ms: list[float]) -> dict:
+    """Ratio of the medians, and the quartiles of the per-pair ratios (model frame / the SGBM frame after it)."""
+    pairs = np.asarray(model_ms) / np.asarray(sgbm_ms)
+    return {
+        "ratio": float(np.median(model_ms) / np.median(sgbm_ms)),
+        "pair_q1": float(np.percentile(pairs, 25)),
+        "pair_q3": float(np.percentile(pairs, 75)),
+        "model_median_ms": float(np.median(model_ms)),
+        "sgbm_median_ms": float(np.median(sgbm_ms)),
+        "pairs": int(pairs.size),
     }
 
 
@@ -272,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument(
         "--goal-model", default="m2s_rt", help="the model whose ONNX Runtime ratio is checked against the goal"
+    )
+    parser.add_argument(
+        "--paired-seconds",
+        type=float,
+        default=60.0,
+        help="also time the goal model and the 3-way SGBM at its range alternately in one process for this long; "
+        "the goal verdict uses that ratio (both see the same machine state); 0 = off (default 60)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -350,14 +396,37 @@ def main(argv: list[str] | None = None) -> int:
             f"{ratio_to(r, 'sgbm_sip'):.2f} | {r['peak_rss_mb']:.0f} | {r['model_mem_mb']:.0f} | {r['iterations']} |"
         )
     goal = next((r for r in rows if r["model"] == args.goal_model and r["backend"] == "onnxruntime"), None)
+    paired = None
+    if goal and args.paired_seconds > 0:
+        print(f"paired: {args.goal_model} / onnxruntime and SGBM, alternately, {args.paired_seconds:g} s ...",
+              file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(prefix="m2s_bench_") as workdir:
+            config = dict(backend="onnxruntime", model=args.goal_model, num_disparities=goal["num_disparities"],
+                          width=args.width, height=args.height, workdir=workdir, paired=True,
+                          paired_seconds=args.paired_seconds)
+            result = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)],
+                                    capture_output=True, text=True)
+        if result.returncode == 0:
+            times = json.loads(result.stdout.strip().splitlines()[-1])
+            paired = paired_summary(times["model_ms"], times["sgbm_ms"])
+        else:
+            print(f"  paired run failed:\n{result.stderr[-2000:]}", file=sys.stderr)
     sgbm = baseline_row(rows, "sgbm", goal["num_disparities"]) if goal else None
     sgbm_sip = baseline_row(rows, "sgbm_sip", goal["num_disparities"]) if goal else None
+    if goal and paired:
+        verdict = "meets" if paired["ratio"] <= GOAL_RATIO else "MISSES"
+        lines += ["", f"{args.goal_model} via ONNX Runtime = {paired['ratio']:.2f} x SGBM 3-way latency at the same "
+                      f"range ({goal['num_disparities']} disparities), timed alternately in one process "
+                      f"({paired['pairs']} pairs, {paired['model_median_ms']:.1f} vs {paired['sgbm_median_ms']:.1f} ms; "
+                      f"per-pair ratios {paired['pair_q1']:.2f}-{paired['pair_q3']:.2f} between the quartiles): "
+                      f"{verdict} the <= {GOAL_RATIO:g}x goal (stretch {STRETCH_RATIO:g}x)."]
     if goal and sgbm:
         ratio = goal["median_ms"] / sgbm["median_ms"]
         verdict = "meets" if ratio <= GOAL_RATIO else "MISSES"
-        lines += ["", f"{args.goal_model} via ONNX Runtime = {ratio:.2f} x SGBM 3-way latency at the same range "
-                      f"({goal['num_disparities']} disparities): {verdict} the <= {GOAL_RATIO:g}x goal "
-                      f"(stretch {STRETCH_RATIO:g}x)."]
+        lines += ["",
+                  f"From the table's rows: {args.goal_model} via ONNX Runtime = {ratio:.2f} x SGBM 3-way latency at "
+                  f"the same range ({goal['num_disparities']} disparities)"
+                  + ("." if paired else f": {verdict} the <= {GOAL_RATIO:g}x goal (stretch {STRETCH_RATIO:g}x).")]
         if args.rounds > 1:
             per_round = ", ".join(f"{a / b:.2f}" for a, b in zip(goal["round_ms"], sgbm["round_ms"]))
             lines.append(f"Per round (each its own medians): {per_round}.")

@@ -51,3 +51,12 @@ def test_each_model_is_compared_with_the_baselines_at_its_own_range():
     assert bench.baseline_row(rows, "sgbm", 144)["median_ms"] == 50.0
     assert bench.baseline_row(rows, "sgbm", 192)["median_ms"] == 70.0
     assert bench.baseline_row(rows, "sgbm_sip", 192) is None
+
+
+def test_paired_summary_reports_the_ratio_of_medians_and_the_pair_quartiles():
+    bench = _bench()
+    summary = bench.paired_summary([500.0, 400.0, 450.0, 600.0], [100.0, 100.0, 90.0, 100.0])
+    assert summary["ratio"] == pytest.approx(475.0 / 100.0)
+    assert summary["pairs"] == 4 and summary["model_median_ms"] == 475.0 and summary["sgbm_median_ms"] == 100.0
+    # Per-pair ratios 5.0, 4.0, 5.0, 6.0.
+    assert summary["pair_q1"] == pytest.approx(4.75) and summary["pair_q3"] == pytest.approx(5.25)
