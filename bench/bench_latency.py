@@ -369,6 +369,21 @@ def main(argv: list[str] | None = None) -> int:
                 results[i].append(json.loads(result.stdout.strip().splitlines()[-1]))
         rows = [{**config, **pooled(found)} for i, (config, found) in enumerate(zip(configs, results))
                 if found and i not in failed]
+        goal = next((r for r in rows if r["model"] == args.goal_model and r["backend"] == "onnxruntime"), None)
+        paired = None
+        if goal and args.paired_seconds > 0:
+            # In the same work directory: the goal model's ONNX exported above is reused.
+            print(f"paired: {args.goal_model} / onnxruntime and SGBM, alternately, {args.paired_seconds:g} s ...",
+                  file=sys.stderr, flush=True)
+            goal_config = next(c for c in configs if c["model"] == args.goal_model and c["backend"] == "onnxruntime")
+            config = {**goal_config, "paired": True, "paired_seconds": args.paired_seconds}
+            result = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)],
+                                    capture_output=True, text=True)
+            if result.returncode == 0:
+                times = json.loads(result.stdout.strip().splitlines()[-1])
+                paired = paired_summary(times["model_ms"], times["sgbm_ms"])
+            else:
+                print(f"  paired run failed:\n{result.stderr[-2000:]}", file=sys.stderr)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = (
@@ -395,22 +410,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['num_disparities']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {ratio_to(r, 'sgbm'):.2f} | "
             f"{ratio_to(r, 'sgbm_sip'):.2f} | {r['peak_rss_mb']:.0f} | {r['model_mem_mb']:.0f} | {r['iterations']} |"
         )
-    goal = next((r for r in rows if r["model"] == args.goal_model and r["backend"] == "onnxruntime"), None)
-    paired = None
-    if goal and args.paired_seconds > 0:
-        print(f"paired: {args.goal_model} / onnxruntime and SGBM, alternately, {args.paired_seconds:g} s ...",
-              file=sys.stderr, flush=True)
-        with tempfile.TemporaryDirectory(prefix="m2s_bench_") as workdir:
-            config = dict(backend="onnxruntime", model=args.goal_model, num_disparities=goal["num_disparities"],
-                          width=args.width, height=args.height, workdir=workdir, paired=True,
-                          paired_seconds=args.paired_seconds)
-            result = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)],
-                                    capture_output=True, text=True)
-        if result.returncode == 0:
-            times = json.loads(result.stdout.strip().splitlines()[-1])
-            paired = paired_summary(times["model_ms"], times["sgbm_ms"])
-        else:
-            print(f"  paired run failed:\n{result.stderr[-2000:]}", file=sys.stderr)
     sgbm = baseline_row(rows, "sgbm", goal["num_disparities"]) if goal else None
     sgbm_sip = baseline_row(rows, "sgbm_sip", goal["num_disparities"]) if goal else None
     if goal and paired:

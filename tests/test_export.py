@@ -130,11 +130,8 @@ def test_cost_volume_bands_flag_changes_the_graph_not_the_output(tiny_checkpoint
         assert export_cli.main(args) == 0
         assert onnx_io_spec(out).metadata["cost_volume_bands"] == bands
         slices[bands] = sum(node.op_type == "Slice" for node in onnx.load(str(out)).graph.node)
-        left, right, _ = skimage.data.stereo_motorcycle()
-        feed = {
-            "left": np.ascontiguousarray(left[:96, :128].transpose(2, 0, 1)[None], dtype=np.float32) / 255,
-            "right": np.ascontiguousarray(right[:96, :128].transpose(2, 0, 1)[None], dtype=np.float32) / 255,
-        }
+        left, right = export_cli.motorcycle_inputs(height=96, width=128)
+        feed = {"left": left, "right": right}
         outputs[bands] = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)
     # Three bands: each of the 16 bins is sliced once per band (plus each band's own rows).
     assert slices["3"] > slices["1"] + 2 * 16

@@ -14,6 +14,7 @@ from skimage import data
 from mono2stereo_core.models import MODEL_NAMES, StereoOutput, build_from_config, build_model, count_macs
 from mono2stereo_core.models.blocks import (
     Hourglass3d,
+    channel_log_softmax,
     convex_upsample,
     cost_volume_row_bands,
     discontinuity_upsample,
@@ -225,13 +226,14 @@ def test_windowed_soft_argmax_matches_the_mask_form_including_peaks_at_the_ends(
         logits = torch.randn(2, 48, 9, 11) * scale
         logits[0, 0, 0, 0] = logits[0, 47, 0, 1] = logits[1, 1, 2, 2] = 200.0  # arg-max at or next to an end
         index, _, confidence = local_soft_argmax(logits, radius=2)
-        windowed_index, windowed_confidence = windowed_soft_argmax(logits, radius=2)
+        windowed_index, windowed_log_prob, windowed_confidence = windowed_soft_argmax(logits, radius=2)
         torch.testing.assert_close(windowed_index, index, rtol=0, atol=5e-5)
         torch.testing.assert_close(windowed_confidence, confidence, rtol=0, atol=1e-6)
+        assert torch.equal(windowed_log_prob, channel_log_softmax(logits))
     # A peak at bin 0 with its window cut off by the end: bins 0-2 only, weights 1, e^-1, e^-4.
     logits = torch.full((1, 48, 1, 1), -1e4)
     logits[0, :3, 0, 0] = torch.tensor([0.0, -1.0, -4.0])
-    index, confidence = windowed_soft_argmax(logits, radius=2)
+    index, _, confidence = windowed_soft_argmax(logits, radius=2)
     weights = torch.tensor([1.0, np.exp(-1.0), np.exp(-4.0)])
     assert abs(index.item() - float((weights * torch.arange(3)).sum() / weights.sum())) < 1e-6
     assert abs(confidence.item() - 1.0) < 1e-6

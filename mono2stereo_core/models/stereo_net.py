@@ -25,7 +25,6 @@ from mono2stereo_core.models.blocks import (
     EdgeRefinement,
     FeatureEncoder,
     Hourglass3d,
-    channel_log_softmax,
     conv3d_bn_relu,
     convex_upsample,
     cost_volume_row_bands,
@@ -398,13 +397,10 @@ class StereoNet(nn.Module):
         for hourglass in self.hourglasses:
             volume = hourglass(volume, left4)
         logits = self.volume_out(volume).squeeze(1)  # N x D x h/4 x w/4
-        if self.training:
-            index, log_prob, confidence4 = local_soft_argmax(logits, radius=self.argmax_radius)
-        else:
-            # The same index and confidence from gathers around the arg-max (cheaper, in ONNX Runtime most);
-            # log_prob only for the StereoOutput (an exported graph drops it).
-            index, confidence4 = windowed_soft_argmax(logits, radius=self.argmax_radius)
-            log_prob = channel_log_softmax(logits)
+        # Inference takes the same index and confidence from gathers around the arg-max (cheaper, in ONNX
+        # Runtime most); training keeps the window-mask form.
+        soft_argmax = local_soft_argmax if self.training else windowed_soft_argmax
+        index, log_prob, confidence4 = soft_argmax(logits, radius=self.argmax_radius)
         disparity4 = index * float(COST_VOLUME_DOWNSAMPLE)
 
         # The plain soft-argmax over *all* bins is supervised as the coarsest prediction: the local window
