@@ -302,9 +302,9 @@ def windowed_soft_argmax(logits: Tensor, *, radius: int) -> tuple[Tensor, Tensor
     the same values to float rounding (the expectation does not depend on the normalisation, and the confidence
     is the window's share of the exponentials). One pass over the distribution (the normaliser) instead of
     five, and no reduction but that one over the short bin axis: ONNX Runtime's CPU frame of the default network
-    at 640 x 480 measured 0.955x with the mask form (alternating, 120 s). ``log_prob`` comes from the same shift and normaliser
-    (:func:`channel_log_softmax`'s values to the bit); an exported graph that does not use it drops it. The
-    inference form: training keeps :func:`local_soft_argmax`, the form the shipped weights were trained with
+    at 640 x 480 measured 0.955x with the mask form (alternating, 120 s). ``log_prob`` comes from the same
+    shift and normaliser (:func:`channel_log_softmax`'s values to the bit); an exported graph that does not use
+    it drops it. The inference form: training keeps :func:`local_soft_argmax`, the form the shipped weights were trained with
     (the windowed one was measured for inference only).
     """
     bins = int(logits.shape[1])
