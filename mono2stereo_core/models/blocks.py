@@ -297,15 +297,15 @@ def local_soft_argmax(logits: Tensor, *, radius: int) -> tuple[Tensor, Tensor, T
 
 
 def windowed_soft_argmax(logits: Tensor, *, radius: int) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`local_soft_argmax`'s ``(bin_index, log_prob, confidence)``, the index and confidence computed from
-    the ``2 radius + 1`` bins around the arg-max fetched with gathers instead of a window mask over all D bins;
-    the same values to float rounding (the expectation does not depend on the normalisation, and the confidence
-    is the window's share of the exponentials). One pass over the distribution (the normaliser) instead of
-    five, and no reduction but that one over the short bin axis: ONNX Runtime's CPU frame of the default network
-    at 640 x 480 measured 0.955x with the mask form (alternating, 120 s). ``log_prob`` comes from the same
-    shift and normaliser (:func:`channel_log_softmax`'s values to the bit); an exported graph that does not use
-    it drops it. The inference form: training keeps :func:`local_soft_argmax`, the form the shipped weights were trained with
-    (the windowed one was measured for inference only).
+    """:func:`local_soft_argmax`'s ``(bin_index, log_prob, confidence)``, the index and confidence computed from the
+    ``2 radius + 1`` bins around the arg-max fetched with gathers instead of a window mask over all D bins; the same
+    values to float rounding (the expectation does not depend on the normalisation, and the confidence is the
+    window's share of the exponentials). One pass over the distribution (the normaliser) instead of five, and no
+    reduction but that one over the short bin axis: ONNX Runtime's CPU frame of the default network at 640 x 480
+    measured 0.955x with the mask form (alternating, 120 s). ``log_prob`` comes from the same shift and normaliser
+    (:func:`channel_log_softmax`'s values to the bit); an exported graph that does not use it drops it. The
+    inference form: training keeps :func:`local_soft_argmax`, the form the shipped weights were trained with (the
+    windowed one was measured for inference only).
     """
     bins = int(logits.shape[1])
     peak = torch.argmax(logits, dim=1, keepdim=True)
