@@ -19,7 +19,8 @@ when present, else random initialisation (identical latency: same graph, same sh
 
 A model may carry inference options: ``NAME@S`` runs the network on the pair resized by S (the runner's
 ``input_scale``; ONNX exported at the scaled size, so every frame is resized to it), ``NAME+lr`` adds the
-left-right consistency check (a second, mirrored pass), e.g. ``--models m2s_rt m2s_rt@1.5 m2s_rt+lr``.
+left-right consistency check (a second, mirrored pass), ``NAME+raw`` turns the runner's default occlusion fill
+off (the network's own values), e.g. ``--models m2s_rt m2s_rt+raw m2s_rt@1.5 m2s_rt+lr``.
 ``NAME`` may also be a checkpoint path ending in ``.safetensors`` (a training run's step, before shipping).
 """
 
@@ -118,17 +119,20 @@ def pooled(results: list[dict]) -> dict:
     }
 
 
-def parse_model(spec: str) -> tuple[str, float, bool]:
-    """``NAME[@SCALE][+lr]`` -> (name, input scale, lr_check)."""
-    name, lr = (spec[: -len("+lr")], True) if spec.endswith("+lr") else (spec, False)
+def parse_model(spec: str) -> tuple[str, float, bool, bool]:
+    """``NAME[@SCALE][+lr][+raw]`` -> (name, input scale, lr_check, occlusion_fill)."""
+    name, lr, fill = spec, False, True
+    while name.endswith(("+lr", "+raw")):
+        name, _, suffix = name.rpartition("+")
+        lr, fill = (True, fill) if suffix == "lr" else (lr, False)
     scale = 1.0
     if "@" in name:
         name, text = name.split("@", 1)
         try:
             scale = check_input_scale(float(text))
         except ValueError as exc:
-            raise SystemExit(f"bench_latency.py: model {spec!r} (NAME[@SCALE][+lr]): {exc}") from None
-    return name, scale, lr
+            raise SystemExit(f"bench_latency.py: model {spec!r} (NAME[@SCALE][+lr][+raw]): {exc}") from None
+    return name, scale, lr, fill
 
 
 def checkpoint_of(model: str) -> Path:
@@ -148,7 +152,7 @@ def model_max_disparity(model: str) -> int:
     and ``@S`` (the pair enlarged by S before the network) divides it by S again."""
     from mono2stereo_core.models import build_from_config, build_model, read_sidecar
 
-    model, scale, _ = parse_model(model)
+    model, scale, _, _ = parse_model(model)
     shipped = checkpoint_of(model)
     network = build_from_config(read_sidecar(shipped)["architecture"]) if shipped.is_file() else build_model(model)
     return math.ceil(network.max_disparity / scale - 1e-9)
@@ -214,14 +218,16 @@ def run_one(config: dict) -> dict:
         from mono2stereo_core.inference import load_runner
 
         workdir = Path(config["workdir"])
-        name, scale, lr_check = parse_model(config["model"])
+        name, scale, lr_check, fill = parse_model(config["model"])
         # The size the runner's input_scale would run at (every m2s network's stride is 8).
         net_w, net_h = scaled_input_size(height=height, width=width, scale=scale, stride=8)
         path, weights = model_file(name, config["backend"], width=net_w, height=net_h, workdir=workdir)
         if config.get("prepare_only"):
             return {"weights": weights}
         base_rss = proc_status_kib("VmRSS")
-        runner = load_runner(path, backend=config["backend"], input_size=(net_w, net_h), lr_check=lr_check)
+        runner = load_runner(
+            path, backend=config["backend"], input_size=(net_w, net_h), lr_check=lr_check, occlusion_fill=fill
+        )
 
         def fn():
             return runner(left, right)

@@ -60,3 +60,14 @@ def test_paired_summary_reports_the_ratio_of_medians_and_the_pair_quartiles():
     assert summary["pairs"] == 4 and summary["model_median_ms"] == 475.0 and summary["sgbm_median_ms"] == 100.0
     # Per-pair ratios 5.0, 4.0, 5.0, 6.0.
     assert summary["pair_q1"] == pytest.approx(4.75) and summary["pair_q3"] == pytest.approx(5.25)
+
+
+def test_model_specs_carry_the_runner_options():
+    bench = _bench()
+    assert bench.parse_model("m2s_rt") == ("m2s_rt", 1.0, False, True)
+    assert bench.parse_model("m2s_rt+raw") == ("m2s_rt", 1.0, False, False)
+    assert bench.parse_model("m2s_rt@1.5+lr") == ("m2s_rt", 1.5, True, True)
+    assert bench.parse_model("m2s_rt@1.25+lr+raw") == ("m2s_rt", 1.25, True, False)
+    assert bench.parse_model("m2s_rt+raw+lr") == ("m2s_rt", 1.0, True, False)
+    with pytest.raises(SystemExit, match="NAME"):
+        bench.parse_model("m2s_rt@9+raw")

@@ -92,16 +92,16 @@ def test_ours_with_compare_reports_noc_and_both(evaluate, tmp_path, monkeypatch)
     checkpoint.write_bytes(b"placeholder")
     calls = {}
 
-    def fake_load_runner(model_path=None, *, backend="auto", lr_check=False, input_scale=1.0):
+    def fake_load_runner(model_path=None, *, backend="auto", lr_check=False, input_scale=1.0, occlusion_fill=True):
         calls["args"] = (model_path, backend)
-        calls["options"] = (lr_check, input_scale)
+        calls["options"] = (lr_check, input_scale, occlusion_fill)
         return _FakeRunner(gt)
 
     monkeypatch.setattr(inference, "load_runner", fake_load_runner)
     out = tmp_path / "out"
     argv = ["--checkpoint", str(checkpoint), "--data", "motorcycle", "--out", str(out), "--backend", "torch"]
     assert evaluate.main(argv + ["--no-progress"]) == 0
-    assert calls["args"] == (str(checkpoint), "torch") and calls["options"] == (False, 1.0)
+    assert calls["args"] == (str(checkpoint), "torch") and calls["options"] == (False, 1.0, True)
     report = json.loads((out / "report.json").read_text())
     for section in (
         report,
@@ -121,10 +121,11 @@ def test_ours_with_compare_reports_noc_and_both(evaluate, tmp_path, monkeypatch)
     sheet = cv2.imread(str(out / "motorcycle_side_by_side.png"))
     assert sheet.shape[1] == 4 * 480 + 3 * 2  # left | GT | ours | SGBM
     # The runner options reach load_runner; they mean nothing to SGBM and are refused with it.
-    argv_options = argv + ["--no-progress", "--lr-check", "--input-scale", "1.5"]
-    assert evaluate.main(argv_options) == 0 and calls["options"] == (True, 1.5)
-    with pytest.raises(SystemExit):
-        evaluate.main(["--method", "sgbm", "--data", "motorcycle", "--out", str(out), "--lr-check"])
+    argv_options = argv + ["--no-progress", "--lr-check", "--input-scale", "1.5", "--no-occlusion-fill"]
+    assert evaluate.main(argv_options) == 0 and calls["options"] == (True, 1.5, False)
+    for flag in ("--lr-check", "--no-occlusion-fill"):
+        with pytest.raises(SystemExit):
+            evaluate.main(["--method", "sgbm", "--data", "motorcycle", "--out", str(out), flag])
 
 
 def test_config_file_and_max_disparity(evaluate, tmp_path):

@@ -87,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "docs/inference.md)",
     )
     parser.add_argument(
+        "--no-occlusion-fill",
+        action="store_true",
+        help="score the network's own values where its disparity hides a pixel from the right camera (the "
+        "runner's default occlusion_fill gives them the background; see docs/inference.md)",
+    )
+    parser.add_argument(
         "--max-disparity",
         type=float,
         default=None,
@@ -103,8 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.compare = "sgbm" if args.method == "ours" else "none"
     if args.method == "sgbm" and args.compare == "sgbm":
         parser.error("--method sgbm --compare sgbm compares SGBM with itself; use --compare none")
-    if (args.lr_check or args.input_scale != 1.0) and args.method != "ours":
-        parser.error(f"--lr-check and --input-scale apply to the network (--method ours), not to --method {args.method}")
+    if (args.lr_check or args.no_occlusion_fill or args.input_scale != 1.0) and args.method != "ours":
+        parser.error(
+            "--lr-check, --no-occlusion-fill and --input-scale apply to the network (--method ours), not to "
+            f"--method {args.method}"
+        )
     if args.max_disparity is not None and not args.max_disparity > 0:
         parser.error(f"--max-disparity must be positive, instead got {args.max_disparity}")
     return args
@@ -148,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             info["checkpoint"] = str(resolve_model_path(args.checkpoint))
             runner = load_runner(
-                args.checkpoint, backend=args.backend, lr_check=args.lr_check, input_scale=args.input_scale
+                args.checkpoint,
+                backend=args.backend,
+                lr_check=args.lr_check,
+                input_scale=args.input_scale,
+                occlusion_fill=not args.no_occlusion_fill,
             )
         except (FileNotFoundError, ValueError, RuntimeError) as exc:
             print(f"evaluate.py: cannot load the model: {exc}", file=sys.stderr)

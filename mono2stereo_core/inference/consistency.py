@@ -1,4 +1,5 @@
-"""Left-right consistency check and background fill for a network's disparity (the runner's ``lr_check``).
+"""Background fill in occlusions for a network's disparity: the runner's ``occlusion_fill`` (one pass, the
+default) and ``lr_check`` (a second, mirrored pass).
 
 A stereo network asked for the left view's disparity answers everywhere, also where the left pixel has no
 match: pixels occluded in the right view (the strip left of every foreground object) and the left border that
@@ -14,6 +15,16 @@ small median over the filled pixels only, which removes the streaks a row-wise f
 disparity comes from the same network run on the mirrored pair (``left' = flip(right)``, ``right' =
 flip(left)``): a rectified rig seen in a mirror is again a rectified rig with the cameras' roles swapped, which
 is also how training mirrors its pairs. Costs a second network pass; the check and fill are a few ms of numpy.
+
+``occlusion_fill`` (:func:`occlusion_fill`, on by default) needs no second pass: the left disparity itself says
+which left pixels the right camera cannot see, by the z-buffer the evaluation uses on the ground truth
+(:func:`~mono2stereo_core.evaluation.occlusion_from_disparity`: forward-warp every left pixel to ``x - d``, the
+nearest surface wins; plus the pixels that land left of the right image). Those pixels, and the ``trim`` pixels
+right of each such run (where the network tends to let the occluder start one pixel early), get the same
+background fill. Measured on the shipped default (thirteenth session, docs/training.md): motorcycle all-pixel
+bad-2 10.77 -> 9.99 %, Aloe 11.65 -> 10.44 %, the 16 held-out procedural scenes 19.13 -> 18.36 %, for 25-70 ms
+of numpy per 640 x 480 frame on this 2-core CPU (1.16x the ONNX Runtime frame in a 60 s alternation). After ``lr_check``'s fill it made Aloe and the held-out scenes
+worse, so the runner applies one or the other.
 """
 
 from __future__ import annotations
@@ -21,12 +32,25 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["DEFAULT_LR_TOLERANCE", "fill_background", "left_right_inconsistent", "lr_check_fill"]
+from mono2stereo_core.evaluation import occlusion_from_disparity
+
+__all__ = [
+    "DEFAULT_LR_TOLERANCE",
+    "DEFAULT_OCCLUSION_TRIM",
+    "fill_background",
+    "left_right_inconsistent",
+    "lr_check_fill",
+    "occlusion_fill",
+    "self_occlusion",
+]
 
 # Measured on the two real pairs and 16 held-out procedural scenes (docs/inference.md, sixth session): 1.5 and
 # 2.5 px moved the sets in different directions by a few tenths of a point; 2 px is the one in the middle.
 DEFAULT_LR_TOLERANCE = 2.0
 _FILL_MEDIAN = 5  # cv2.medianBlur on float32 supports 3 and 5
+# Chosen on the 16 held-out procedural scenes (all-pixel + non-occluded bad-2; 0 / 1 / 2 px: 18.46 + 12.03,
+# 18.36 + 12.08, 18.30 + 12.15) before the real pairs were looked at; docs/training.md, thirteenth session.
+DEFAULT_OCCLUSION_TRIM = 1
 
 
 def _check_map(array: np.ndarray, name: str) -> np.ndarray:
@@ -92,6 +116,41 @@ def fill_background(disparity: np.ndarray, invalid: np.ndarray, *, median: int =
         smoothed = cv2.medianBlur(np.ascontiguousarray(out), median)
         out[fillable] = smoothed[fillable]
     return out
+
+
+def self_occlusion(disparity: np.ndarray, *, trim: int = DEFAULT_OCCLUSION_TRIM) -> np.ndarray:
+    """``H x W`` bool: left pixels that ``disparity`` itself puts out of the right camera's view.
+
+    Hidden behind a nearer pixel or landing left of the right image
+    (:func:`~mono2stereo_core.evaluation.occlusion_from_disparity`), each run of them extended by ``trim``
+    pixels to the right: into the occluder's first columns, which a network that continues the foreground into
+    its occlusion gets wrong as well.
+    """
+    d = _check_map(disparity, "")
+    if isinstance(trim, bool) or not isinstance(trim, (int, np.integer)) or trim < 0:
+        raise ValueError(f"trim must be an integer >= 0, instead got {trim!r}")
+    hidden = occlusion_from_disparity(d)
+    mask = hidden.copy()
+    for shift in range(1, min(int(trim), d.shape[1] - 1) + 1):
+        mask[:, shift:] |= hidden[:, :-shift]
+    return mask
+
+
+def occlusion_fill(
+    disparity: np.ndarray, confidence: np.ndarray, *, trim: int = DEFAULT_OCCLUSION_TRIM
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runner's ``occlusion_fill``: ``(filled disparity, confidence with 0 where filled, mask)``.
+
+    One pass: the pixels :func:`self_occlusion` marks get :func:`fill_background` (never raised, only lowered
+    to their row's background) and confidence 0, so ``confidence_threshold > 0`` drops them instead.
+    """
+    mask = self_occlusion(disparity, trim=trim)
+    filled = fill_background(disparity, mask)
+    conf = np.array(confidence, dtype=np.float32, copy=True)
+    if conf.shape != filled.shape:
+        raise ValueError(f"confidence {conf.shape} and disparity {filled.shape} must have the same size")
+    conf[mask] = 0.0
+    return filled, conf, mask
 
 
 def lr_check_fill(

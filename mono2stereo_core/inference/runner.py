@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mono2stereo_core.inference.consistency import lr_check_fill
+from mono2stereo_core.inference.consistency import lr_check_fill, occlusion_fill
 from mono2stereo_core.inference.preprocess import (
     InputPlan,
     check_input_scale,
@@ -86,8 +86,19 @@ class StereoRunner(abc.ABC):
     # Left-right consistency check with background fill (mono2stereo_core.inference.consistency): a second
     # network pass on the mirrored pair. Off by default (it doubles the network's cost); load_runner(lr_check=).
     lr_check: bool = False
+    # Background fill where the disparity itself says the right camera cannot see (consistency.occlusion_fill):
+    # no second pass, 25-70 ms of numpy at 640 x 480 on a 2-core CPU. On by default; load_runner(occlusion_fill=False) or
+    # runner.occlusion_fill = False returns the network's own values. lr_check supersedes it: after the
+    # mirrored pass's fill it made Aloe and the held-out scenes worse (docs/training.md, thirteenth session).
+    occlusion_fill: bool = True
 
     def __call__(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        disparity, confidence = self._network_or_lr_checked(left, right)
+        if self.occlusion_fill and not self.lr_check:
+            disparity, confidence, _ = occlusion_fill(disparity, confidence)
+        return disparity, confidence
+
+    def _network_or_lr_checked(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         left, right = validate_pair(left, right, allow_float=self.allow_float)
         plan = self.plan(height=left.shape[0], width=left.shape[1])
         net_left, net_right = to_network(left, right, plan)
@@ -218,6 +229,7 @@ def load_runner(
     allow_float: bool = False,
     lr_check: bool = False,
     input_scale: float = 1.0,
+    occlusion_fill: bool = True,
 ) -> StereoRunner:
     """Loads a model file into the best (or the requested) backend.
 
@@ -235,6 +247,10 @@ def load_runner(
         lr_check: left-right consistency check with background fill (:mod:`.consistency`): a second network
             pass on the mirrored pair; pixels the right view does not confirm get the background's disparity
             and confidence 0. More accurate in occlusions and at the left border, twice the network time.
+        occlusion_fill: background fill (confidence 0) where the disparity itself puts a left pixel out of the
+            right camera's view (:func:`.consistency.occlusion_fill`); one pass, 25-70 ms of numpy at
+            640 x 480. ``False`` returns the network's own values. Not applied with ``lr_check``, which fills
+            occlusions itself.
         input_scale: run a shape-flexible backend (torch) on the pair resized by this factor (0.25-4);
             the cost grows with its square. Static-shape models (ONNX, engines) get the same effect by being
             exported at the larger size (``input_size`` then resizes every image to it).
@@ -278,4 +294,7 @@ def load_runner(
     if lr_check:
         runner.lr_check = True
         runner.description += ", left-right check + background fill (2 passes)"
+    runner.occlusion_fill = bool(occlusion_fill)
+    if not occlusion_fill:
+        runner.description += ", no occlusion fill"
     return runner
