@@ -11,7 +11,10 @@ row's ratios are against the set at its range): the 3-way SGBM the accuracy comp
 (``mono2stereo_core.evaluation.sgbm_disparity``, the ratio the goal is stated against) and OpenCV SGBM / block
 matching exactly as ROS 2 ``stereo_image_proc`` runs them with its default parameters
 (``stereo_image_proc_disparity``: MODE_SGBM or StereoBM, mono8, 15 px window). Latency is the whole ``runner(left, right)`` call: validation, resize/pad,
-inference and mapping back, i.e. what the ROS node pays per frame. The configurations run in turn, ``--rounds``
+inference and mapping back (and the runner's default ``occlusion_fill``), i.e. what the ROS node pays per frame;
+the measured processes get the node's glibc malloc thresholds (``--allocator node``, the default since the
+thirteenth session: with glibc's own the fill's temporaries were page-faulted in again every frame, 45 instead of
+13 ms of it in one alternated run). The configurations run in turn, ``--rounds``
 times (fresh processes each round), and each row pools its rounds' samples: on a shared VM whose speed drifts
 over minutes (the CI-class machine: SGBM 41 ms at one hour, 59-67 ms the next) a single pass per configuration
 made the ratios depend on which configuration ran in the slow minutes. Weights: ``weights/<model>.safetensors``
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -285,6 +289,29 @@ def paired_summary(model_ms: list[float], sgbm_ms: list[float]) -> dict:
     }
 
 
+ALLOCATOR_MODULE = Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "mono2stereo" / "mono2stereo" / "allocator.py"
+
+
+def allocator_env(choice: str) -> tuple[dict[str, str], str]:
+    """The measured processes' environment and a one-line description: with ``"node"`` glibc's
+    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` set to the stereo node's ``tune_allocator`` values
+    (read from its module), which the node applies by default; an existing setting of either is kept."""
+    env = dict(os.environ)
+    if choice == "default":
+        return env, "glibc defaults"
+    spec = importlib.util.spec_from_file_location("m2s_allocator", ALLOCATOR_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if any(name in env for name in module.ENV_OVERRIDES):
+        return env, "left to the environment (" + ", ".join(n for n in module.ENV_OVERRIDES if n in env) + ")"
+    env["MALLOC_MMAP_THRESHOLD_"] = str(module.MMAP_THRESHOLD_BYTES)
+    env["MALLOC_TRIM_THRESHOLD_"] = str(module.TRIM_THRESHOLD_BYTES)
+    return env, (
+        f"the stereo node's thresholds (mmap {module.MMAP_THRESHOLD_BYTES >> 20} MiB, "
+        f"trim {module.TRIM_THRESHOLD_BYTES >> 20} MiB)"
+    )
+
+
 def available_backends() -> list[str]:
     import importlib.util
 
@@ -325,6 +352,14 @@ def main(argv: list[str] | None = None) -> int:
         help="also time the goal model and the 3-way SGBM at its range alternately in one process for this long; "
         "the goal verdict uses that ratio (both see the same machine state); 0 = off (default 60)",
     )
+    parser.add_argument(
+        "--allocator",
+        choices=("node", "default"),
+        default="node",
+        help="glibc malloc thresholds of the measured processes: 'node' = the stereo node's tune_allocator values "
+        "(its default: per-frame buffers stay in the heap instead of being page-faulted in again), 'default' = "
+        "glibc's own (default node)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -334,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, instead got {args.rounds}")
     backends = args.backends or available_backends()
+    child_env, allocator = allocator_env(args.allocator)
     rows = []
     with tempfile.TemporaryDirectory(prefix="m2s_bench_") as workdir:
         configs = []
@@ -356,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             if config["backend"] in CLASSICAL:
                 continue
             result = subprocess.run([sys.executable, __file__, "--child", json.dumps({**config, "prepare_only": True})],
-                                    capture_output=True, text=True)
+                                    capture_output=True, text=True, env=child_env)
             if result.returncode != 0:
                 print(f"  {config['model']} / {config['backend']} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
                 failed.add(i)
@@ -367,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"{config['model']} / {config['backend']}"
                 print(f"round {round_index + 1}/{args.rounds}: running {label} ...", file=sys.stderr, flush=True)
                 result = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)],
-                                        capture_output=True, text=True)
+                                        capture_output=True, text=True, env=child_env)
                 if result.returncode != 0:
                     print(f"  {label} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
                     failed.add(i)
@@ -384,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             goal_config = next(c for c in configs if c["model"] == args.goal_model and c["backend"] == "onnxruntime")
             config = {**goal_config, "paired": True, "paired_seconds": args.paired_seconds}
             result = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)],
-                                    capture_output=True, text=True)
+                                    capture_output=True, text=True, env=child_env)
             if result.returncode == 0:
                 times = json.loads(result.stdout.strip().splitlines()[-1])
                 paired = paired_summary(times["model_ms"], times["sgbm_ms"])
@@ -396,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.width}x{args.height}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"load avg {load:.1f} at start of report, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{args.rounds} round(s) of {args.max_seconds / args.rounds:g} s per configuration, samples pooled; "
-        f"each row's ratios are against the baselines run at its own disparity range"
+        f"each row's ratios are against the baselines run at its own disparity range; malloc: {allocator}"
     )
     lines = [
         header,

@@ -322,19 +322,21 @@ def _occlusion_rows(d: np.ndarray, *, s: int, jump: float, margin: float) -> np.
     zbuf = np.full(h * (n_bins + 2), -np.inf, dtype=np.float32)
     row_start = (np.arange(h, dtype=np.int64) * (n_bins + 2))[:, None] + 1
     x = np.arange(w, dtype=np.float32)[None, :]
+    everywhere = bool(known.all())  # a network's output: no masking needed
     with np.errstate(invalid="ignore"):
+        # Neighbour minus own disparity towards x-1 and x+1, 0 across a depth edge or an unknown pixel.
+        steps = (np.zeros_like(d), np.zeros_like(d))
+        steps[0][:, 1:] = d[:, :-1] - d[:, 1:]
+        steps[1][:, :-1] = d[:, 1:] - d[:, :-1]
+        for step in steps:
+            step[~(np.abs(step) <= jump)] = 0.0
         for j in range(s):
             offset = np.float32((j + 0.5) / s - 0.5)  # the first half interpolates towards x-1, the second x+1
-            step = np.zeros_like(d)  # neighbour minus own disparity, 0 across a depth edge or unknown pixel
-            if offset < 0:
-                step[:, 1:] = d[:, :-1] - d[:, 1:]
-            else:
-                step[:, :-1] = d[:, 1:] - d[:, :-1]
-            step[~(np.abs(step) <= jump)] = 0.0
-            sample_d = d + abs(offset) * step
-            land = x + offset - np.where(known, sample_d, 0.0)
+            sample_d = d + abs(offset) * steps[int(offset > 0)]
+            land = x + offset - (sample_d if everywhere else np.where(known, sample_d, 0.0))
             bins = np.clip(np.rint((land + 1.0) * s), -1, n_bins).astype(np.int64) + row_start
-            np.maximum.at(zbuf, bins.ravel(), np.where(known, sample_d, -np.inf).astype(np.float32).ravel())
+            values = sample_d if everywhere else np.where(known, sample_d, -np.inf).astype(np.float32)
+            np.maximum.at(zbuf, bins.ravel(), values.ravel())
     zbuf = zbuf.reshape(h, n_bins + 2)[:, 1:-1]
     # +-1 bin window: the largest gap between adjacent same-surface samples is 2/S px.
     window = zbuf.copy()

@@ -71,3 +71,17 @@ def test_model_specs_carry_the_runner_options():
     assert bench.parse_model("m2s_rt+raw+lr") == ("m2s_rt", 1.0, True, False)
     with pytest.raises(SystemExit, match="NAME"):
         bench.parse_model("m2s_rt@9+raw")
+
+
+def test_measured_processes_get_the_stereo_nodes_malloc_thresholds(monkeypatch):
+    bench = _bench()
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    env, text = bench.allocator_env("node")
+    assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20) and env["MALLOC_TRIM_THRESHOLD_"] == str(64 << 20)
+    assert "stereo node" in text
+    env, text = bench.allocator_env("default")
+    assert "MALLOC_MMAP_THRESHOLD_" not in env and text == "glibc defaults"
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1")
+    env, text = bench.allocator_env("node")
+    assert env["MALLOC_TRIM_THRESHOLD_"] == "1" and "MALLOC_MMAP_THRESHOLD_" not in env and "environment" in text

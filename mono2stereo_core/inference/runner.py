@@ -87,9 +87,10 @@ class StereoRunner(abc.ABC):
     # network pass on the mirrored pair. Off by default (it doubles the network's cost); load_runner(lr_check=).
     lr_check: bool = False
     # Background fill where the disparity itself says the right camera cannot see (consistency.occlusion_fill):
-    # no second pass, 25-70 ms of numpy at 640 x 480 on a 2-core CPU. On by default; load_runner(occlusion_fill=False) or
-    # runner.occlusion_fill = False returns the network's own values. lr_check supersedes it: after the
-    # mirrored pass's fill it made Aloe and the held-out scenes worse (docs/training.md, thirteenth session).
+    # no second pass, 15-45 ms of numpy at 640 x 480 on a 2-core CPU. On by default;
+    # load_runner(occlusion_fill=False) or runner.occlusion_fill = False returns the network's own values.
+    # lr_check supersedes it: after the mirrored pass's fill it made Aloe and the held-out scenes worse
+    # (docs/training.md, thirteenth session).
     occlusion_fill: bool = True
 
     def __call__(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -248,8 +249,8 @@ def load_runner(
             pass on the mirrored pair; pixels the right view does not confirm get the background's disparity
             and confidence 0. More accurate in occlusions and at the left border, twice the network time.
         occlusion_fill: background fill (confidence 0) where the disparity itself puts a left pixel out of the
-            right camera's view (:func:`.consistency.occlusion_fill`); one pass, 25-70 ms of numpy at
-            640 x 480. ``False`` returns the network's own values. Not applied with ``lr_check``, which fills
+            right camera's view (:func:`.consistency.occlusion_fill`); one pass, 15-45 ms of numpy at
+            640 x 480 (the lower with the stereo node's malloc thresholds). ``False`` returns the network's own values. Not applied with ``lr_check``, which fills
             occlusions itself.
         input_scale: run a shape-flexible backend (torch) on the pair resized by this factor (0.25-4);
             the cost grows with its square. Static-shape models (ONNX, engines) get the same effect by being

@@ -84,7 +84,7 @@ PARAMETERS: dict[str, tuple] = {
     "max_depth": (50.0, "Depth/points farther than this (m) are NaN", "> min_depth", _floats(0.01, 10000.0), False),
     "confidence_threshold": (0.0, "Pixels with confidence below this are invalid in disparity, depth and points", "", _floats(0.0, 1.0), False),
     "lr_check": (False, "Left-right consistency check: a second, mirrored network pass; pixels the right view does not confirm (occlusions, left border) get the background's disparity and confidence 0 (drop them with confidence_threshold > 0). More accurate, twice the inference time", "", None, False),
-    "occlusion_fill": (True, "Pixels the disparity itself puts out of the right camera's view (behind a nearer surface, left of the right image) get their row's background disparity and confidence 0, in one pass (25-70 ms of CPU at 640x480 on a 2-core machine); false = the network's own values there. Not applied while lr_check is on (it fills occlusions itself)", "", None, False),
+    "occlusion_fill": (True, "Pixels the disparity itself puts out of the right camera's view (behind a nearer surface, left of the right image) get their row's background disparity and confidence 0, in one pass (about 15 ms of CPU at 640x480 on a 2-core machine with tune_allocator); false = the network's own values there. Not applied while lr_check is on (it fills occlusions itself)", "", None, False),
     "publish_points": (True, "Compute and publish points2 (when subscribed)", "", None, False),
     "points_decimation": (1, "Keep every n-th row and column in points2 (organized cloud of H/n x W/n)", "", _ints(1, 16), False),
     "qos_reliability": ("reliable", "Input subscription reliability", f"one of {RELIABILITY_CHOICES}", None, True),
