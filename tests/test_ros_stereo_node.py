@@ -347,6 +347,47 @@ def test_lr_check_switches_at_run_time_and_publishes_what_the_runner_computes(st
             client.node.destroy_subscription(sub)
 
 
+def test_occlusion_fill_is_on_by_default_and_switches_off_at_run_time(stereo, client, diagnostics, model):
+    """The node's confidence is the runner's default result (occlusion fill: confidence 0 where the disparity
+    hides a pixel from the right camera); occlusion_fill false at run time gives the network's own values."""
+    from mono2stereo_core.inference.runner import load_runner
+
+    proc, rig = stereo
+    node = f"{NS}/stereo_node"
+    filled_d, filled_c = load_runner(str(model), backend="torch")(rig.left_rgb, rig.right_rgb)
+    raw_d, raw_c = load_runner(str(model), backend="torch", occlusion_fill=False)(rig.left_rgb, rig.right_rgb)
+    hidden = filled_c == 0
+    # The fill changes enough here that a node ignoring the switch would fail the 99 % checks below.
+    assert 0.02 < hidden.mean() < 0.9 and (raw_c[hidden] > 0).mean() > 0.9
+    assert wait_until(lambda: latest_diag(diagnostics, "stereo_node")[2].get("occlusion_fill") == "True", timeout=10)
+    received, subs = subscribe_outputs(client, NS)
+    try:
+        wait_for_publishers_to_see(client, NS, ["disparity", "confidence"])
+
+        def one_frame():
+            stamp_ns = rig.send_pair()
+
+            def arrived(topic):
+                return [m for m in received[topic] if stamp_to_ns(m.header.stamp) == stamp_ns]
+
+            assert wait_until(lambda: arrived("disparity") and arrived("confidence"), timeout=30), proc.log()
+            msg = arrived("confidence")[-1]
+            return decode_image(encoding="32FC1", height=HEIGHT, width=WIDTH, step=msg.step, data=msg.data)
+
+        # Another process may use other thread counts: a pixel right at the z-buffer's margin can flip.
+        assert ((one_frame() == 0) == hidden).mean() > 0.99
+        (off,) = set_parameters(client, node, {"occlusion_fill": False})
+        assert off.successful, off.reason
+        conf = one_frame()
+        assert (np.abs(conf - raw_c) < 1e-4).mean() > 0.99
+        assert wait_until(lambda: latest_diag(diagnostics, "stereo_node")[2].get("occlusion_fill") == "False", timeout=10)
+    finally:
+        (on,) = set_parameters(client, node, {"occlusion_fill": True})
+        assert on.successful
+        for sub in subs:
+            client.node.destroy_subscription(sub)
+
+
 def test_latest_frame_wins_and_stale_frames_are_counted(stereo, client, diagnostics):
     proc, rig = stereo
     received, subs = subscribe_outputs(client, NS)
