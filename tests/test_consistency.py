@@ -203,3 +203,24 @@ def test_lr_check_makes_the_shipped_network_better_in_occlusions_on_both_real_pa
         assert better["all"].bad2 < base["all"].bad2 - 0.5, (sample.name, base["all"].bad2, better["all"].bad2)
         assert better["noc"].bad2 < base["noc"].bad2 + 0.1, sample.name
         assert better["all"].density == 100.0 and 0.02 < (confidence == 0).mean() < 0.3
+
+
+def test_figure_script_draws_the_network_beside_the_default_runner(tmp_path):
+    """scripts/figure_occlusion_fill.py (docs/img/occlusion_fill.png): two rows of four tiles, on a tiny model."""
+    import importlib.util
+
+    import cv2
+    from ros_helpers import tiny_checkpoint
+
+    spec = importlib.util.spec_from_file_location(
+        "figure_occlusion_fill", Path(__file__).resolve().parents[1] / "scripts" / "figure_occlusion_fill.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "fig.png"
+    checkpoint = tiny_checkpoint(tmp_path)
+    assert module.main(["--out", str(out), "--checkpoint", str(checkpoint), "--data", "aloe", "--tile-width", "64"]) == 0
+    sheet = cv2.imread(str(out))
+    assert sheet.shape[1] == 4 * 64 + 3 * 2 and sheet.shape[0] > 2 * 50
+    with pytest.raises(SystemExit):
+        module.main(["--out", str(out), "--data", "kitti"])
