@@ -306,6 +306,14 @@ def test_parameters_are_validated(stereo, client):
     assert good.successful
 
 
+def restore(client: RosClient, node: str, subs: list, params: dict) -> None:
+    """A test's clean-up: the node's parameters back to ``params``, the test's output subscriptions gone."""
+    (done,) = set_parameters(client, node, params)
+    assert done.successful, done.reason
+    for sub in subs:
+        client.node.destroy_subscription(sub)
+
+
 def test_lr_check_switches_at_run_time_and_publishes_what_the_runner_computes(stereo, client, diagnostics, model):
     """lr_check on: the node's disparity and confidence are the runner's two-pass result (same model, same
     pair, in this process); /diagnostics says so; off again afterwards."""
@@ -341,10 +349,7 @@ def test_lr_check_switches_at_run_time_and_publishes_what_the_runner_computes(st
         assert (np.abs(d[shown] - want_d[shown]) < 1e-2).mean() > 0.99
         assert wait_until(lambda: latest_diag(diagnostics, "stereo_node")[2].get("lr_check") == "True", timeout=10)
     finally:
-        (off,) = set_parameters(client, node, {"lr_check": False})
-        assert off.successful
-        for sub in subs:
-            client.node.destroy_subscription(sub)
+        restore(client, node, subs, {"lr_check": False})
 
 
 def test_occlusion_fill_is_on_by_default_and_switches_off_at_run_time(stereo, client, diagnostics, model):
@@ -382,10 +387,7 @@ def test_occlusion_fill_is_on_by_default_and_switches_off_at_run_time(stereo, cl
         assert (np.abs(conf - raw_c) < 1e-4).mean() > 0.99
         assert wait_until(lambda: latest_diag(diagnostics, "stereo_node")[2].get("occlusion_fill") == "False", timeout=10)
     finally:
-        (on,) = set_parameters(client, node, {"occlusion_fill": True})
-        assert on.successful
-        for sub in subs:
-            client.node.destroy_subscription(sub)
+        restore(client, node, subs, {"occlusion_fill": True})
 
 
 def test_latest_frame_wins_and_stale_frames_are_counted(stereo, client, diagnostics):

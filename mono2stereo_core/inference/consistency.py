@@ -154,12 +154,19 @@ def occlusion_fill(
     to their row's background) and confidence 0, so ``confidence_threshold > 0`` drops them instead.
     """
     mask = self_occlusion(disparity, trim=trim)
+    return (*_filled_with_confidence(disparity, confidence, mask), mask)
+
+
+def _filled_with_confidence(
+    disparity: np.ndarray, confidence: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fill_background` of the ``mask`` pixels and a copy of ``confidence`` with 0 there."""
     filled = fill_background(disparity, mask)
     conf = np.array(confidence, dtype=np.float32, copy=True)
     if conf.shape != filled.shape:
         raise ValueError(f"confidence {conf.shape} and disparity {filled.shape} must have the same size")
     conf[mask] = 0.0
-    return filled, conf, mask
+    return filled, conf
 
 
 def lr_check_fill(
@@ -171,9 +178,4 @@ def lr_check_fill(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The runner's ``lr_check``: ``(filled disparity, confidence with 0 where filled, inconsistent mask)``."""
     inconsistent = left_right_inconsistent(left_disparity, right_disparity, tolerance=tolerance)
-    filled = fill_background(left_disparity, inconsistent)
-    conf = np.array(confidence, dtype=np.float32, copy=True)
-    if conf.shape != filled.shape:
-        raise ValueError(f"confidence {conf.shape} and disparity {filled.shape} must have the same size")
-    conf[inconsistent] = 0.0
-    return filled, conf, inconsistent
+    return (*_filled_with_confidence(left_disparity, confidence, inconsistent), inconsistent)
