@@ -8,6 +8,8 @@ CUDA (and TensorRT) execution provider when the installed onnxruntime has them, 
 fp16 engines built through the engine cache when the tensorrt package is present. Each row reports latency
 (median / p90 of the full ``runner(left, right)`` call) and the disparity difference against torch fp32 on the
 CPU: max and median abs difference and the share of pixels within 0.5 px. Rows that cannot run here say why.
+Every runner has the default ``occlusion_fill`` off: the rows compare the networks (the fill is the same numpy on
+the host after every backend, and a pixel at its z-buffer margin could flip between backends).
 Weights: ``weights/<model>.safetensors`` when present, else seeded random initialisation.
 """
 
@@ -62,13 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         net.load_state_dict(state)
         return net.eval()
 
-    reference = TorchRunner(fresh(), device="cpu", input_size=size)(left, right)[0]
+    def network_only(runner):
+        runner.occlusion_fill = False
+        return runner
+
+    reference = network_only(TorchRunner(fresh(), device="cpu", input_size=size))(left, right)[0]
     rows: list[tuple[str, str]] = []
     results: list[dict] = []
 
     def measure(label: str, make_runner) -> None:
         try:
-            runner = make_runner()
+            runner = network_only(make_runner())
             disparity = runner(left, right)[0]
             timing = time_call(lambda: runner(left, right), min_iterations=args.min_iterations,
                                max_seconds=args.max_seconds, warmup=3)
