@@ -50,8 +50,8 @@ __all__ = [
 DEFAULT_LR_TOLERANCE = 2.0
 _FILL_MEDIAN = 5  # cv2.medianBlur on float32 supports 3 and 5
 # Chosen on the 16 held-out procedural scenes (all-pixel + non-occluded bad-2, 4 sub-samples; 0 / 1 / 2 px:
-# 18.46 + 12.03, 18.36 + 12.08, 18.30 + 12.15) before the real pairs were looked at; docs/training.md, thirteenth
-# session.
+# 18.46 + 12.03, 18.36 + 12.08, 18.30 + 12.15) before the real pairs were looked at, and again the smallest sum
+# at the shipped 2 sub-samples (0 / 1 / 2 / 3 px: 30.53, 30.52, 30.56, 30.66); docs/training.md, thirteenth session.
 DEFAULT_OCCLUSION_TRIM = 1
 # Sub-samples per pixel of the z-buffer: 2 instead of the evaluation's 4 halves its time (640 x 480: 13 vs 25 ms)
 # for the same accuracy within a few hundredths of a point on every set (held-out all-pixel 18.39 vs 18.36 %,
