@@ -289,7 +289,7 @@ def paired_summary(model_ms: list[float], sgbm_ms: list[float]) -> dict:
     }
 
 
-ALLOCATOR_MODULE = Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "mono2stereo" / "mono2stereo" / "allocator.py"
+ALLOCATOR_MODULE = REPO / "ros2_ws" / "src" / "mono2stereo" / "mono2stereo" / "allocator.py"
 
 
 def allocator_env(choice: str) -> tuple[dict[str, str], str]:

@@ -312,8 +312,8 @@ def _occlusion_rows(d: np.ndarray, *, s: int, jump: float, margin: float) -> np.
 
     One sub-sample offset at a time over the whole block (2-D arrays only; no boolean gathers), unknown samples
     write ``-inf`` (a no-op for the maximum) and landings beyond the one-pixel pads go to a sentinel bin either
-    side that is never read: about 3x faster than one H x W x S pass (motorcycle: 80 -> 28 ms), the same mask (the runner's
-    :func:`~mono2stereo_core.inference.consistency.occlusion_fill` calls it on every frame).
+    side that is never read: about 3x faster than one H x W x S pass (motorcycle: 80 -> 28 ms), the same mask
+    (the runner's :func:`~mono2stereo_core.inference.consistency.occlusion_fill` calls it on every frame).
     """
     h, w = d.shape
     known = np.isfinite(d)

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         tile_width=args.tile_width,
     )
     path = save_png(args.out, sheet)
-    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB): bad-2 all {score['alone']:.2f} -> {score['filled']:.2f} %")
+    size_kb = path.stat().st_size / 1024
+    print(f"wrote {path} ({size_kb:.0f} KB): bad-2 all {score['alone']:.2f} -> {score['filled']:.2f} %")
     return 0
 
 

@@ -219,7 +219,8 @@ def test_figure_script_draws_the_network_beside_the_default_runner(tmp_path):
     spec.loader.exec_module(module)
     out = tmp_path / "fig.png"
     checkpoint = tiny_checkpoint(tmp_path)
-    assert module.main(["--out", str(out), "--checkpoint", str(checkpoint), "--data", "aloe", "--tile-width", "64"]) == 0
+    argv = ["--out", str(out), "--checkpoint", str(checkpoint), "--data", "aloe", "--tile-width", "64"]
+    assert module.main(argv) == 0
     sheet = cv2.imread(str(out))
     assert sheet.shape[1] == 4 * 64 + 3 * 2 and sheet.shape[0] > 2 * 50
     with pytest.raises(SystemExit):

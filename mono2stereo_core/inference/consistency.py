@@ -131,9 +131,9 @@ def self_occlusion(disparity: np.ndarray, *, trim: int = DEFAULT_OCCLUSION_TRIM)
     """``H x W`` bool: left pixels that ``disparity`` itself puts out of the right camera's view.
 
     Hidden behind a nearer pixel or landing left of the right image
-    (:func:`~mono2stereo_core.evaluation.occlusion_from_disparity` with :data:`OCCLUSION_SAMPLES`), each run of them extended by ``trim``
-    pixels to the right: into the occluder's first columns, which a network that continues the foreground into
-    its occlusion gets wrong as well.
+    (:func:`~mono2stereo_core.evaluation.occlusion_from_disparity` with :data:`OCCLUSION_SAMPLES`), each run of
+    them extended by ``trim`` pixels to the right: into the occluder's first columns, which a network that
+    continues the foreground into its occlusion gets wrong as well.
     """
     d = _check_map(disparity, "")
     if isinstance(trim, bool) or not isinstance(trim, (int, np.integer)) or trim < 0:

@@ -250,8 +250,8 @@ def load_runner(
             and confidence 0. More accurate in occlusions and at the left border, twice the network time.
         occlusion_fill: background fill (confidence 0) where the disparity itself puts a left pixel out of the
             right camera's view (:func:`.consistency.occlusion_fill`); one pass, 15-45 ms of numpy at
-            640 x 480 (the lower with the stereo node's malloc thresholds). ``False`` returns the network's own values. Not applied with ``lr_check``, which fills
-            occlusions itself.
+            640 x 480 (the lower with the stereo node's malloc thresholds). ``False`` returns the network's
+            own values. Not applied with ``lr_check``, which fills occlusions itself.
         input_scale: run a shape-flexible backend (torch) on the pair resized by this factor (0.25-4);
             the cost grows with its square. Static-shape models (ONNX, engines) get the same effect by being
             exported at the larger size (``input_size`` then resizes every image to it).
