@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mono2stereo_core.datasets_gt import load_gt_dataset  # noqa: E402
 from mono2stereo_core.evaluation import evaluate_disparity, occlusion_from_disparity  # noqa: E402
 from mono2stereo_core.inference import load_runner  # noqa: E402
-from mono2stereo_core.inference.consistency import self_occlusion  # noqa: E402
+from mono2stereo_core.inference.consistency import occlusion_fill  # noqa: E402
 from mono2stereo_core.viz import colorize_disparity, contact_sheet, save_png  # noqa: E402
 
 
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--data must be motorcycle or aloe, instead got {args.data!r}")
     (sample,) = list(load_gt_dataset(args.data))
     gt = np.asarray(sample.disparity, np.float32)
-    alone = load_runner(args.checkpoint, backend="torch", occlusion_fill=False)(sample.left, sample.right)[0]
-    filled = load_runner(args.checkpoint, backend="torch")(sample.left, sample.right)[0]
+    # One network pass; the default runner applies exactly this fill to the same output.
+    alone, confidence = load_runner(args.checkpoint, backend="torch", occlusion_fill=False)(sample.left, sample.right)
+    filled, _, hidden = occlusion_fill(alone, confidence)
     known = np.isfinite(gt)
     vmin, vmax = float(gt[known].min()), float(gt[known].max())
     score = {name: evaluate_disparity(d, gt)["all"].bad2 for name, d in (("alone", alone), ("filled", filled))}
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             [sample.left, colorize_disparity(gt, vmin=vmin, vmax=vmax),
              colorize_disparity(alone, vmin=vmin, vmax=vmax), colorize_disparity(filled, vmin=vmin, vmax=vmax)],
-            [self_occlusion(alone), occlusion_from_disparity(gt), bad2_tile(alone, gt), bad2_tile(filled, gt)],
+            [hidden, occlusion_from_disparity(gt), bad2_tile(alone, gt), bad2_tile(filled, gt)],
         ],
         labels=[
             [sample.name, "ground truth", f"network alone: bad-2 {score['alone']:.2f}%",
